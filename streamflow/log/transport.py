@@ -1,0 +1,187 @@
+"""Define the async operations every log target offers: the ``Transport`` protocol.
+
+An embedded directory and a broker connection both implement ``Transport``;
+``Producer``, ``Consumer`` and the pipeline runtime are written once on top of
+it, so they behave the same on either target. Every call works on whole
+batches (one thread hop or one round trip per batch, never per record).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .record import Headers, RecordBatch
+
+TopicPartition = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionInfo:
+    """Offsets and size of one partition."""
+
+    partition: int
+    start_offset: int
+    end_offset: int
+    size_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class TopicDescription:
+    """A topic's settings and partitions, as ``describe`` returns them."""
+
+    name: str
+    config: dict[str, Any]
+    partitions: list[PartitionInfo] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ProducerIdentity:
+    """Who appends, for idempotence: the log drops records it already has.
+
+    Within one ``(producer_id, partition)`` every record carries a sequence
+    number; an append whose records have sequence numbers at or below the
+    highest one the partition has stored from that producer is dropped (the
+    part above is appended). An append with an older ``epoch`` than the
+    partition has seen raises ``ProducerFenced``.
+    """
+
+    producer_id: int
+    epoch: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Columns:
+    """Records to append, as parallel columns (timestamps in ms; ``None`` = now)."""
+
+    keys: list[Any]
+    values: list[Any]
+    timestamps: list[int | None] | None = None
+    headers: list[Headers | None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """A committed group offset and the metadata stored with it."""
+
+    offset: int
+    metadata: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """A group member's view after a (re)join: its generation and partitions."""
+
+    member_id: str
+    generation: int
+    partitions: list[TopicPartition]
+
+
+class Transport(Protocol):
+    """Async access to one log target (an embedded directory or a broker).
+
+    Safe from many tasks. Every method raises ``UnknownTopic`` for a missing
+    topic or partition and ``BrokerUnavailable`` when a remote target is gone.
+    """
+
+    async def create_topic(self, name: str, **config: Any) -> None:
+        """Create *name*; raise ``TopicExists`` if present, ``InvalidConfig`` on bad settings."""
+        ...
+
+    async def delete_topic(self, name: str) -> None:
+        """Delete *name* and its data."""
+        ...
+
+    async def topics(self) -> list[str]:
+        """List the topic names, sorted."""
+        ...
+
+    async def describe(self, name: str) -> TopicDescription:
+        """Return the settings and per-partition offsets of *name*."""
+        ...
+
+    async def append(
+        self,
+        topic: str,
+        partition: int,
+        columns: Columns,
+        *,
+        producer: ProducerIdentity | None = None,
+        sequence: int = -1,
+    ) -> int:
+        """Append *columns* as one batch; return the offset of its first record.
+
+        Returns once the records are visible to readers, and fsynced first when
+        the topic's ``fsync`` is ``"always"``. With *producer*, record i has
+        sequence number ``sequence + i`` (see ``ProducerIdentity``); if every
+        record is a duplicate, nothing is written and the offset the first record
+        was originally stored at is returned, or -1 when that is no longer known.
+        """
+        ...
+
+    async def fetch(
+        self,
+        positions: dict[TopicPartition, int],
+        *,
+        max_bytes: int = 1 << 20,
+        timeout: float = 0.5,
+    ) -> dict[TopicPartition, list[RecordBatch]]:
+        """Read batches at the given offsets, waiting up to *timeout* s for any.
+
+        Returns as soon as at least one partition has records (long poll), or an
+        empty dict at the timeout. Batches are trimmed so that every record has
+        an offset at or after the asked one. Raises ``OffsetOutOfRange``.
+        """
+        ...
+
+    async def offsets(self, topic: str, partition: int) -> tuple[int, int]:
+        """Return ``(start_offset, end_offset)`` of a partition."""
+        ...
+
+    async def commit(
+        self,
+        group: str,
+        offsets: dict[TopicPartition, Committed],
+        *,
+        member_id: str | None = None,
+        generation: int | None = None,
+    ) -> None:
+        """Store committed offsets for *group* (durably, in an internal topic).
+
+        With *member_id* and *generation*, raise ``RebalanceInProgress`` when the
+        member is no longer the owner of a partition in that generation.
+        """
+        ...
+
+    async def committed(
+        self, group: str, partitions: list[TopicPartition]
+    ) -> dict[TopicPartition, Committed]:
+        """Return the committed offsets of *group*; partitions without one are left out."""
+        ...
+
+    async def join_group(
+        self,
+        group: str,
+        topics: list[str],
+        *,
+        member_id: str | None = None,
+        session_timeout_ms: int = 10_000,
+    ) -> Assignment:
+        """Join (or rejoin) *group*; return once the group has a new assignment."""
+        ...
+
+    async def heartbeat(self, group: str, member_id: str, generation: int) -> bool:
+        """Keep the membership alive; return False when the member must rejoin."""
+        ...
+
+    async def leave_group(self, group: str, member_id: str) -> None:
+        """Leave *group* so that its partitions move at once."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the target (close the log or the connection)."""
+        ...

@@ -1,0 +1,1 @@
+"""Declarative pipelines: the builder (frozen descriptions) and the plan (stages, topics)."""

@@ -1,0 +1,1 @@
+"""The runtime: tasks, workers, checkpoints, and ``run``."""

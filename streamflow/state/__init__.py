@@ -1,0 +1,1 @@
+"""Durable operator state: LMDB stores, changelog topics, checkpoints and restore."""
