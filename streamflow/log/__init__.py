@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from .cleaner import run_cleaner
+from .config import TopicConfig
+from .directory import Log
+from .partition import Partition
+from .partitioner import partition_for
 from .record import Headers, Message, Record, RecordBatch
 from .transport import (
     Assignment,
@@ -19,12 +24,17 @@ __all__ = [
     "Columns",
     "Committed",
     "Headers",
+    "Log",
     "Message",
+    "Partition",
     "PartitionInfo",
     "ProducerIdentity",
     "Record",
     "RecordBatch",
+    "TopicConfig",
     "TopicDescription",
     "TopicPartition",
     "Transport",
+    "partition_for",
+    "run_cleaner",
 ]

@@ -1,0 +1,276 @@
+"""Encode and decode record batches, the on-disk unit of the log (pure bytes).
+
+A segment file is a sequence of batches. One batch, every integer big-endian::
+
+    position  size  field
+    0         4     length             u32  bytes after this field (52 + payload size)
+    4         4     crc                u32  zlib.crc32 (CRC-32/ISO-HDLC, the zip/PNG CRC) of
+                                            every byte after this field, positions 8 to the end
+    8         1     magic              u8   format version, 1
+    9         1     attributes         u8   0 (reserved)
+    10        8     base_offset        i64  offset of the batch's first record slot
+    18        4     last_offset_delta  u32  last slot's offset minus base_offset; kept when
+                                            compaction removes records, so offsets never move
+    22        8     first_timestamp    i64  ms since the epoch; timestamps are stored relative to it
+    30        8     max_timestamp      i64  largest timestamp in the batch
+    38        8     producer_id        i64  -1 when the append was not idempotent
+    46        2     producer_epoch     i16  -1 when none
+    48        4     base_sequence      i32  sequence number of the first slot, -1 when none
+    52        4     record_count       u32  records actually stored in the payload
+    56        ...   payload            one msgpack array, packed with use_bin_type=True:
+                                       [offset_deltas, timestamp_deltas, keys, values, headers]
+
+In the payload, ``offset_deltas`` is nil when the records are contiguous (record i
+has offset ``base_offset + i``; only compaction writes a list), ``timestamp_deltas``
+is nil when every record has ``first_timestamp``, else a list of
+``timestamp - first_timestamp``, and ``headers`` is nil when no record has headers,
+else a list of maps or nils. ``keys`` and ``values`` are lists of any msgpack value.
+The payload is columnar on purpose: encoding or decoding a batch is one msgpack
+call, and the decoded lists become ``RecordBatch`` columns as they are.
+
+The sequence number of record slot i is ``base_sequence + i``, so the last sequence
+of a batch is ``base_sequence + last_offset_delta`` even after compaction.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+import msgpack
+
+from streamflow.errors import NotSerializable
+
+from .record import RecordBatch
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from .record import Headers
+
+HEADER: Final = struct.Struct(">IIBBqIqqqhiI")
+HEADER_SIZE: Final = HEADER.size
+LENGTH_SIZE: Final = 4
+CRC_END: Final = 8
+MAGIC: Final = 1
+NO_PRODUCER: Final = -1
+MIN_LENGTH: Final = HEADER_SIZE - LENGTH_SIZE
+MAX_I32: Final = (1 << 31) - 1
+MAX_I16: Final = (1 << 15) - 1
+MAX_U32: Final = (1 << 32) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class BatchHeader:
+    """The fixed fields of one batch (layout in the module docstring)."""
+
+    length: int
+    crc: int
+    magic: int
+    attributes: int
+    base_offset: int
+    last_offset_delta: int
+    first_timestamp: int
+    max_timestamp: int
+    producer_id: int
+    producer_epoch: int
+    base_sequence: int
+    record_count: int
+
+    @property
+    def size(self) -> int:
+        """Return the batch's size in bytes, length field included."""
+        return LENGTH_SIZE + self.length
+
+    @property
+    def last_offset(self) -> int:
+        """Return the offset of the batch's last record slot."""
+        return self.base_offset + self.last_offset_delta
+
+    @property
+    def next_offset(self) -> int:
+        """Return the offset just after the batch."""
+        return self.base_offset + self.last_offset_delta + 1
+
+    @property
+    def last_sequence(self) -> int:
+        """Return the sequence number of the last slot (-1 without a producer)."""
+        if self.base_sequence < 0:
+            return -1
+        return self.base_sequence + self.last_offset_delta
+
+
+def find_unencodable(value: object) -> object:
+    """Return the innermost part of *value* that msgpack refuses (or *value*).
+
+    >>> type(find_unencodable({"a": [1, {2, 3}]})).__name__
+    'set'
+    """
+    if isinstance(value, dict):
+        for k, v in value.items():
+            for part in (k, v):
+                if not _encodable(part):
+                    return find_unencodable(part)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            if not _encodable(item):
+                return find_unencodable(item)
+    return value
+
+
+def _encodable(value: object) -> bool:
+    try:
+        msgpack.packb(value, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return True
+
+
+def pack_payload(
+    offset_deltas: Sequence[int] | None,
+    timestamp_deltas: Sequence[int] | None,
+    keys: Sequence[Any],
+    values: Sequence[Any],
+    headers: Sequence[Headers | None] | None,
+) -> bytes:
+    """Encode the payload of a batch in one msgpack call.
+
+    Raises:
+        NotSerializable: if a key, value or header cannot be encoded; it names
+            the type msgpack refused.
+
+    >>> len(pack_payload(None, None, [1], ["a"], None))
+    9
+    """
+    try:
+        return msgpack.packb(
+            [offset_deltas, timestamp_deltas, keys, values, headers], use_bin_type=True
+        )
+    except (TypeError, ValueError, OverflowError) as exc:
+        for what, column in (("key", keys), ("value", values), ("header", headers or ())):
+            for item in column:
+                if not _encodable(item):
+                    raise NotSerializable(find_unencodable(item), what) from exc
+        raise NotSerializable(timestamp_deltas, "timestamp") from exc
+
+
+def frame(
+    payload: bytes,
+    *,
+    base_offset: int,
+    last_offset_delta: int,
+    record_count: int,
+    first_timestamp: int,
+    max_timestamp: int,
+    producer_id: int = NO_PRODUCER,
+    producer_epoch: int = NO_PRODUCER,
+    base_sequence: int = NO_PRODUCER,
+) -> bytes:
+    """Return the 56-byte header that frames *payload* as one batch.
+
+    The batch on disk is ``header + payload``; writing the two parts with one
+    ``pwritev`` avoids copying the payload.
+
+    Raises:
+        TypeError: if a timestamp is not an integer.
+        ValueError: if a field does not fit its width.
+    """
+    rest = HEADER.pack(
+        0,
+        0,
+        MAGIC,
+        0,
+        base_offset,
+        last_offset_delta,
+        first_timestamp,
+        max_timestamp,
+        producer_id,
+        producer_epoch,
+        base_sequence,
+        record_count,
+    )[CRC_END:]
+    crc = zlib.crc32(payload, zlib.crc32(rest))
+    length = HEADER_SIZE - LENGTH_SIZE + len(payload)
+    if length > MAX_U32:
+        raise ValueError(f"batch of {length} bytes does not fit a segment; append fewer records")
+    return struct.pack(">II", length, crc) + rest
+
+
+def encode_batch(base_offset: int, keys: Sequence[Any], values: Sequence[Any]) -> bytes:
+    """Encode a simple batch (timestamps 0, no headers, no producer): for tests and tools.
+
+    >>> parse_header(encode_batch(7, [1], ["a"])).base_offset
+    7
+    """
+    payload = pack_payload(None, None, keys, values, None)
+    n = len(values)
+    header = frame(
+        payload,
+        base_offset=base_offset,
+        last_offset_delta=max(n - 1, 0),
+        record_count=n,
+        first_timestamp=0,
+        max_timestamp=0,
+    )
+    return header + payload
+
+
+def parse_header(buf: bytes | bytearray | memoryview, position: int = 0) -> BatchHeader:
+    """Read the fixed header at *position* of *buf* (which must hold 56 bytes there).
+
+    The fields are not checked; ``looks_valid`` and ``crc_matches`` do that.
+    """
+    return BatchHeader(*HEADER.unpack_from(buf, position))
+
+
+def looks_valid(header: BatchHeader) -> bool:
+    """Return whether the header's fields are possible (before the CRC check)."""
+    return (
+        header.magic == MAGIC
+        and header.length >= MIN_LENGTH
+        and header.base_offset >= 0
+        and header.record_count <= header.last_offset_delta + 1
+    )
+
+
+def crc_matches(buf: bytes | bytearray | memoryview, position: int, header: BatchHeader) -> bool:
+    """Return whether the batch at *position* of *buf* (whole in *buf*) has a good CRC."""
+    end = position + LENGTH_SIZE + header.length
+    return zlib.crc32(memoryview(buf)[position + CRC_END : end]) == header.crc
+
+
+def decode(buf: bytes | bytearray | memoryview, position: int, header: BatchHeader) -> RecordBatch:
+    """Decode the records of the batch at *position* of *buf* (CRC already checked).
+
+    Raises:
+        ValueError: if the payload is not the array the header promises.
+    """
+    start = position + HEADER_SIZE
+    end = position + LENGTH_SIZE + header.length
+    try:
+        parts = msgpack.unpackb(memoryview(buf)[start:end], raw=False, strict_map_key=False)
+    except Exception as exc:  # any msgpack failure means the payload is not ours
+        raise ValueError(f"payload does not decode: {exc}") from exc
+    if not isinstance(parts, list) or len(parts) != 5:
+        raise ValueError("payload is not a 5-element array")
+    offset_deltas, timestamp_deltas, keys, values, headers = parts
+    n = header.record_count
+    if not isinstance(keys, list) or not isinstance(values, list):
+        raise ValueError("keys or values column is not an array")
+    if len(keys) != n or len(values) != n:
+        raise ValueError("column lengths differ from record_count")
+    base = header.base_offset
+    if offset_deltas is None:
+        offsets = list(range(base, base + n))
+    else:
+        offsets = [base + d for d in offset_deltas]
+    first = header.first_timestamp
+    if timestamp_deltas is None:
+        timestamps = [first] * n
+    else:
+        timestamps = [first + d for d in timestamp_deltas]
+    if len(offsets) != n or len(timestamps) != n or (headers is not None and len(headers) != n):
+        raise ValueError("column lengths differ from record_count")
+    return RecordBatch(offsets, timestamps, keys, values, headers)

@@ -1,0 +1,404 @@
+"""Store one segment file: append batches, read them back, validate and truncate.
+
+A segment is ``<base_offset:020d>.log`` (batches, layout in ``batch.py``) plus its
+derived indexes (``index.py``). Blocking.
+
+Concurrency: appends, truncation and index writes happen under the owning
+partition's lock, one writer at a time. Reads are safe from many threads at
+once: they ``os.pread`` the segment's own file descriptor up to a byte limit
+the caller took under that lock, so they only ever see whole batches. The file
+descriptor stays open until the ``Segment`` object is garbage, so a reader that
+holds a segment keeps reading it even after retention deleted the file or
+compaction replaced it.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from bisect import bisect_left
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from streamflow.errors import CorruptBatch
+
+from .batch import (
+    HEADER_SIZE,
+    BatchHeader,
+    crc_matches,
+    decode,
+    looks_valid,
+    parse_header,
+)
+from .durable import fsync_dir, remove_quietly, write_atomically
+from .index import INDEX_INTERVAL_BYTES, OffsetIndex, TimeIndex
+from .naming import TMP_SUFFIX, index_path, log_path, time_index_path
+from .record import RecordBatch
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
+
+NO_TIMESTAMP: Final = -(1 << 63)
+READ_CHUNK: Final = 64 << 10
+SCAN_CHUNK: Final = 1 << 20
+MAX_READ_CHUNK: Final = 8 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class ScanResult:
+    """How far a scan found whole, valid batches, and what stopped it."""
+
+    end: int
+    problem: str | None = None
+    reaches_eof: bool = False
+
+
+class _Window:
+    """A pread-backed window over a file, refilled in chunks."""
+
+    __slots__ = ("fd", "limit", "chunk", "buf", "start")
+
+    def __init__(self, fd: int, limit: int, chunk: int) -> None:
+        self.fd = fd
+        self.limit = limit
+        self.chunk = chunk
+        self.buf = b""
+        self.start = 0
+
+    def get(self, position: int, n: int) -> tuple[bytes, int] | None:
+        """Return ``(buffer, index)`` with bytes ``[position, position + n)`` at *index*."""
+        if position + n > self.limit:
+            return None
+        if position < self.start or position + n > self.start + len(self.buf):
+            want = min(max(n, self.chunk), self.limit - position)
+            self.buf = os.pread(self.fd, want, position)
+            self.start = position
+            if len(self.buf) < n:
+                return None
+        return self.buf, position - self.start
+
+
+def slice_batch(batch: RecordBatch, i: int, j: int) -> RecordBatch:
+    """Return records ``[i, j)`` of *batch*."""
+    return RecordBatch(
+        batch.offsets[i:j],
+        batch.timestamps[i:j],
+        batch.keys[i:j],
+        batch.values[i:j],
+        None if batch.headers is None else batch.headers[i:j],
+    )
+
+
+class Segment:
+    """One segment file and its indexes (concurrency contract: module docstring)."""
+
+    def __init__(self, directory: Path, base_offset: int, fd: int) -> None:
+        self.directory = directory
+        self.base_offset = base_offset
+        self.path = log_path(directory, base_offset)
+        self.fd = fd
+        self.size = 0
+        self.next_offset = base_offset
+        self.max_timestamp = NO_TIMESTAMP
+        self.first_max_timestamp = NO_TIMESTAMP
+        self.last_batch_position = -1
+        self.index = OffsetIndex(base_offset)
+        self.time_index = TimeIndex(base_offset)
+        self._close = weakref.finalize(self, os.close, fd)
+
+    @classmethod
+    def create(cls, directory: Path, base_offset: int) -> Segment:
+        """Create an empty segment file at *base_offset*, durably. Blocking."""
+        path = log_path(directory, base_offset)
+        tmp = path.with_name(path.name + TMP_SUFFIX)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.fsync(fd)
+            os.replace(tmp, path)
+            for stale in (
+                index_path(directory, base_offset),
+                time_index_path(directory, base_offset),
+            ):
+                remove_quietly(stale)
+            fsync_dir(directory)
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(directory, base_offset, fd)
+
+    @classmethod
+    def open(cls, directory: Path, base_offset: int) -> Segment:
+        """Open an existing segment file; its indexes are not loaded yet. Blocking."""
+        fd = os.open(log_path(directory, base_offset), os.O_RDWR)
+        return cls(directory, base_offset, fd)
+
+    def close(self) -> None:
+        """Close the file descriptor now (only when no reader can hold the segment)."""
+        self._close()
+
+    @property
+    def file_size(self) -> int:
+        """Return the file's size on disk. Blocking."""
+        return os.fstat(self.fd).st_size
+
+    # -- writing (partition lock held) ---------------------------------------------------
+
+    def track(self, position: int, header: BatchHeader) -> None:
+        """Account for the batch at *position*: indexes, counters, then the published size."""
+        if not self.index.offsets or position - self.index.positions[-1] >= INDEX_INTERVAL_BYTES:
+            times = self.time_index.timestamps
+            if self.max_timestamp != NO_TIMESTAMP and (not times or self.max_timestamp > times[-1]):
+                self.time_index.add(self.max_timestamp, header.base_offset)
+            self.index.add(header.base_offset, position)
+        if self.first_max_timestamp == NO_TIMESTAMP:
+            self.first_max_timestamp = header.max_timestamp
+        if header.max_timestamp > self.max_timestamp:
+            self.max_timestamp = header.max_timestamp
+        self.last_batch_position = position
+        self.next_offset = header.next_offset
+        self.size = position + header.size
+
+    def append(self, header_bytes: bytes, payload: bytes, header: BatchHeader) -> None:
+        """Write one framed batch at the end of the file and publish it. Blocking."""
+        position = self.size
+        parts = [memoryview(header_bytes), memoryview(payload)]
+        written_at = position
+        while parts:
+            n = os.pwritev(self.fd, parts, written_at)
+            written_at += n
+            while parts and n >= len(parts[0]):
+                n -= len(parts[0])
+                parts.pop(0)
+            if parts and n:
+                parts[0] = parts[0][n:]
+        self.track(position, header)
+
+    def flush(self) -> None:
+        """Fsync the segment's data. Blocking."""
+        os.fdatasync(self.fd)
+
+    def write_indexes(self) -> None:
+        """Write the ``.index`` and ``.timeindex`` files from memory. Blocking."""
+        write_atomically(index_path(self.directory, self.base_offset), self.index.encode())
+        write_atomically(
+            time_index_path(self.directory, self.base_offset), self.time_index.encode()
+        )
+
+    def truncate(self, position: int) -> None:
+        """Cut the file at *position* (a batch boundary found by ``scan``). Blocking."""
+        os.ftruncate(self.fd, position)
+        os.fsync(self.fd)
+        self.index.truncate(position)
+        self.time_index.truncate(self.next_offset)
+        self.size = position
+
+    def delete(self) -> None:
+        """Remove the segment's files; open readers keep their view. Blocking."""
+        # the .log first: an index left without its log is cleaned at open
+        remove_quietly(self.path)
+        remove_quietly(index_path(self.directory, self.base_offset))
+        remove_quietly(time_index_path(self.directory, self.base_offset))
+
+    # -- validation -----------------------------------------------------------------------
+
+    def _reset(self) -> None:
+        self.size = 0
+        self.next_offset = self.base_offset
+        self.max_timestamp = NO_TIMESTAMP
+        self.first_max_timestamp = NO_TIMESTAMP
+        self.last_batch_position = -1
+        self.index = OffsetIndex(self.base_offset)
+        self.time_index = TimeIndex(self.base_offset)
+
+    def scan(
+        self,
+        *,
+        verify: bool,
+        start: int = 0,
+        on_batch: Callable[[BatchHeader], None] | None = None,
+    ) -> ScanResult:
+        """Walk the batches from byte *start*, tracking each whole, valid one. Blocking.
+
+        With *start* 0 the indexes and counters are rebuilt from scratch; a
+        non-zero *start* must be a batch boundary already tracked up to. With
+        *verify*, every batch's CRC is checked too. Stops at the first batch
+        that is cut short, impossible or (with *verify*) corrupt; the result says
+        where and why. Nothing is truncated here.
+        """
+        if start == 0:
+            self._reset()
+        file_size = self.file_size
+        window = _Window(self.fd, file_size, SCAN_CHUNK)
+        position = start
+        while position < file_size:
+            got = window.get(position, HEADER_SIZE)
+            if got is None:
+                return ScanResult(position, "batch header cut short", True)
+            header = parse_header(*got)
+            if not looks_valid(header) or header.base_offset < self.next_offset:
+                return ScanResult(position, "impossible batch header", False)
+            end = position + header.size
+            if end > file_size:
+                return ScanResult(position, "batch runs past the end of the file", True)
+            if verify:
+                got = window.get(position, header.size)
+                if got is None or not crc_matches(got[0], got[1], header):
+                    return ScanResult(position, "bad CRC", end == file_size)
+            self.track(position, header)
+            if on_batch is not None:
+                on_batch(header)
+            position = end
+        return ScanResult(position)
+
+    def load_indexes(self) -> bool:
+        """Load the index files and scan the tail after the last entry. Blocking.
+
+        Returns False (and leaves the segment reset) when an index file is
+        missing or does not match the log; the caller then rebuilds with ``scan``.
+        """
+        try:
+            with open(index_path(self.directory, self.base_offset), "rb") as f:
+                index_data = f.read()
+            with open(time_index_path(self.directory, self.base_offset), "rb") as f:
+                time_data = f.read()
+        except FileNotFoundError:
+            return False
+        file_size = self.file_size
+        index = OffsetIndex.decode(self.base_offset, index_data, file_size)
+        if index is None or (file_size > 0 and not index.offsets):
+            return False
+        self._reset()
+        if not index.offsets:
+            return file_size == 0
+        # the last entry must land on a batch with its offset; the tail after it is scanned
+        last_offset, last_position = index.offsets[-1], index.positions[-1]
+        head = os.pread(self.fd, HEADER_SIZE, last_position)
+        if len(head) < HEADER_SIZE:
+            return False
+        header = parse_header(head)
+        if not looks_valid(header) or header.base_offset != last_offset:
+            return False
+        time_index = TimeIndex.decode(self.base_offset, time_data, header.next_offset)
+        if time_index is None:
+            return False
+        first = parse_header(os.pread(self.fd, HEADER_SIZE, 0))
+        self.index = index
+        self.time_index = time_index
+        self.first_max_timestamp = first.max_timestamp
+        self.max_timestamp = time_index.timestamps[-1] if time_index.timestamps else NO_TIMESTAMP
+        self.next_offset = last_offset
+        self.size = last_position
+        result = self.scan(verify=False, start=last_position)
+        if result.problem is not None or result.end != file_size:
+            self._reset()
+            return False
+        return True
+
+    # -- reading (no lock; *limit* taken under the partition lock) -------------------------
+
+    def _batches(
+        self, offset: int, limit: int, chunk: int
+    ) -> Iterator[tuple[int, BatchHeader, _Window]]:
+        """Yield ``(position, header, window)`` for batches that may hold offsets >= *offset*."""
+        entry_offset, position = self.index.lookup(offset)
+        window = _Window(self.fd, limit, chunk)
+        checked = False
+        while position < limit:
+            got = window.get(position, HEADER_SIZE)
+            if got is None:
+                raise CorruptBatch(self.path, position, "batch header cut short")
+            header = parse_header(*got)
+            if not checked:
+                checked = True
+                if position != 0 and (
+                    header.base_offset != entry_offset or not looks_valid(header)
+                ):
+                    # the index does not match the log; fall back to a walk from the start
+                    position = 0
+                    continue
+            if not looks_valid(header) or position + header.size > limit:
+                raise CorruptBatch(self.path, position, "impossible batch header")
+            if header.last_offset >= offset:
+                yield position, header, window
+            position += header.size
+
+    def read_batch(self, position: int, header: BatchHeader, window: _Window) -> RecordBatch:
+        """Check and decode the batch at *position*; raise ``CorruptBatch`` if it is bad."""
+        got = window.get(position, header.size)
+        if got is None or not crc_matches(got[0], got[1], header):
+            raise CorruptBatch(self.path, position)
+        try:
+            return decode(got[0], got[1], header)
+        except ValueError as exc:
+            raise CorruptBatch(self.path, position, str(exc)) from exc
+
+    def read(
+        self, offset: int, limit: int, max_bytes: int, max_records: int
+    ) -> tuple[list[RecordBatch], int, int]:
+        """Return the batches holding offsets >= *offset*, below byte *limit*. Blocking.
+
+        Stops before a batch that would take the total past *max_bytes* (except
+        the first) or once *max_records* records are in hand; the last batch is
+        cut to fit. Returns ``(batches, bytes, records)``.
+        """
+        chunk = max(READ_CHUNK, min(max_bytes, MAX_READ_CHUNK))
+        out: list[RecordBatch] = []
+        used = count = 0
+        for position, header, window in self._batches(offset, limit, chunk):
+            if out and used + header.size > max_bytes:
+                break
+            batch = self.read_batch(position, header, window)
+            used += header.size
+            if header.base_offset < offset:
+                batch = slice_batch(batch, bisect_left(batch.offsets, offset), len(batch))
+            if not batch.offsets:
+                continue
+            if count + len(batch) >= max_records:
+                out.append(slice_batch(batch, 0, max_records - count))
+                count = max_records
+                break
+            out.append(batch)
+            count += len(batch)
+            if used >= max_bytes:
+                break
+        return out, used, count
+
+    def last_batch_ok(self) -> bool:
+        """Return whether the last tracked batch passes its CRC. Blocking."""
+        position = self.last_batch_position
+        if position < 0:
+            return True
+        window = _Window(self.fd, self.size, READ_CHUNK)
+        got = window.get(position, HEADER_SIZE)
+        if got is None:
+            return False
+        header = parse_header(*got)
+        got = window.get(position, header.size)
+        return got is not None and crc_matches(got[0], got[1], header)
+
+    def headers(self, offset: int, limit: int) -> Iterator[BatchHeader]:
+        """Yield the headers of the batches below *limit* that hold offsets >= *offset*."""
+        for _, header, _ in self._batches(offset, limit, SCAN_CHUNK):
+            yield header
+
+    def iter_batches(self, limit: int) -> Iterator[tuple[BatchHeader, bytes, RecordBatch]]:
+        """Yield every batch below *limit* as ``(header, raw bytes, records)``. Blocking."""
+        for position, header, window in self._batches(self.base_offset, limit, SCAN_CHUNK):
+            batch = self.read_batch(position, header, window)
+            got = window.get(position, header.size)
+            assert got is not None
+            raw = got[0][got[1] : got[1] + header.size]
+            yield header, raw, batch
+
+    def offset_for_timestamp(self, timestamp: int, limit: int) -> int | None:
+        """Return the first offset below *limit* with a timestamp >= *timestamp*. Blocking."""
+        start = self.time_index.lookup(timestamp)
+        for position, header, window in self._batches(start, limit, READ_CHUNK):
+            if header.max_timestamp < timestamp:
+                continue
+            batch = self.read_batch(position, header, window)
+            for offset, ts in zip(batch.offsets, batch.timestamps, strict=True):
+                if ts >= timestamp and offset >= start:
+                    return offset
+        return None
