@@ -3,7 +3,7 @@
 A segment file is a sequence of batches. One batch, every integer big-endian::
 
     position  size  field
-    0         4     length             u32  bytes after this field (52 + payload size)
+    0         4     length             u32  bytes after this field (56 + payload size)
     4         4     crc                u32  zlib.crc32 (CRC-32/ISO-HDLC, the zip/PNG CRC) of
                                             every byte after this field, positions 8 to the end
     8         1     magic              u8   format version, 1
@@ -15,9 +15,9 @@ A segment file is a sequence of batches. One batch, every integer big-endian::
     30        8     max_timestamp      i64  largest timestamp in the batch
     38        8     producer_id        i64  -1 when the append was not idempotent
     46        2     producer_epoch     i16  -1 when none
-    48        4     base_sequence      i32  sequence number of the first slot, -1 when none
-    52        4     record_count       u32  records actually stored in the payload
-    56        ...   payload            one msgpack array, packed with use_bin_type=True:
+    48        8     base_sequence      i64  sequence number of the first slot, -1 when none
+    56        4     record_count       u32  records actually stored in the payload
+    60        ...   payload            one msgpack array, packed with use_bin_type=True:
                                        [offset_deltas, timestamp_deltas, keys, values, headers]
 
 In the payload, ``offset_deltas`` is nil when the records are contiguous (record i
@@ -50,14 +50,13 @@ if TYPE_CHECKING:
 
     from .record import Headers
 
-HEADER: Final = struct.Struct(">IIBBqIqqqhiI")
+HEADER: Final = struct.Struct(">IIBBqIqqqhqI")
 HEADER_SIZE: Final = HEADER.size
 LENGTH_SIZE: Final = 4
 CRC_END: Final = 8
 MAGIC: Final = 1
 NO_PRODUCER: Final = -1
 MIN_LENGTH: Final = HEADER_SIZE - LENGTH_SIZE
-MAX_I32: Final = (1 << 31) - 1
 MAX_I16: Final = (1 << 15) - 1
 MAX_U32: Final = (1 << 32) - 1
 
@@ -168,7 +167,7 @@ def frame(
     producer_epoch: int = NO_PRODUCER,
     base_sequence: int = NO_PRODUCER,
 ) -> bytes:
-    """Return the 56-byte header that frames *payload* as one batch.
+    """Return the 60-byte header that frames *payload* as one batch.
 
     The batch on disk is ``header + payload``; writing the two parts with one
     ``pwritev`` avoids copying the payload.
@@ -218,7 +217,7 @@ def encode_batch(base_offset: int, keys: Sequence[Any], values: Sequence[Any]) -
 
 
 def parse_header(buf: bytes | bytearray | memoryview, position: int = 0) -> BatchHeader:
-    """Read the fixed header at *position* of *buf* (which must hold 56 bytes there).
+    """Read the fixed header at *position* of *buf* (which must hold 60 bytes there).
 
     The fields are not checked; ``looks_valid`` and ``crc_matches`` do that.
     """

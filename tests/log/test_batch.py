@@ -78,8 +78,8 @@ def test_header_layout_is_the_documented_one() -> None:
     assert crc == zlib.crc32(data[8:])
     assert data[8] == 1  # magic
     assert struct.unpack_from(">q", data, 10)[0] == 7
-    assert struct.unpack_from(">I", data, 52)[0] == 1  # record count
-    assert HEADER_SIZE == 56
+    assert struct.unpack_from(">I", data, 56)[0] == 1  # record count
+    assert HEADER_SIZE == 60
 
 
 def test_every_flipped_bit_is_detected() -> None:
