@@ -288,7 +288,7 @@ class Partition:
             )
         except Exception as exc:  # struct.error: a field does not fit its width
             raise ValueError(
-                f"append: timestamps must be integer ms and sequence fit 32 bits ({exc})"
+                f"append: timestamps must be integer ms and sequence fit 64 bits ({exc})"
             ) from exc
         active.append(header_bytes, payload, parse_header(header_bytes))
         if producer_id is not None:
