@@ -1,0 +1,463 @@
+"""Group a keyed stream into event-time windows and fold each window once it closes.
+
+Window kinds (all in integer ms, ``start`` inclusive, ``end`` exclusive):
+
+* ``tumbling(size)``: ``[k*size, (k+1)*size)``, aligned to the epoch.
+* ``hopping(size, step)``: windows of *size* starting every *step*, aligned to
+  the epoch; a record belongs to ``ceil(size/step)`` of them (fewer when
+  *size* is not a multiple of *step*).
+* ``sliding(size)``: one window per distinct event time ``t`` of a key, the
+  trailing ``[t - size + 1, t + 1)``: "the last *size* ms up to this record".
+* ``session(gap)``: a record at ``t`` opens ``[t, t + gap)``; windows of a key
+  that overlap merge (a record can bridge two sessions into one).
+
+Closing rule: the operator's watermark is the largest event time it has seen
+(record by record, so the result does not depend on how input is batched). A
+window closes when ``watermark >= end + grace_ms``; its ``WindowResult`` is
+emitted once, its state is deleted, and records for it that arrive later are
+late: they go to ``ctx.late`` (counted, routed to ``<pipeline>.late``). A
+record that misses at least one of its windows (hopping: some may still be
+open, and it is added to those) is reported late once. Results of one sweep
+come in ``(end, start, key)`` order, which is the same whatever the batching.
+
+State layout in the operator's store (keys are msgpack arrays):
+
+* ``["w", key, start]`` -> accumulator (tumbling, hopping);
+* ``["s", key, start]`` -> ``[end, [[ts, value], ...]]`` (session: the values
+  are kept and folded in event-time order at close, since folds cannot merge);
+* ``["b", key]`` -> ``[[ts, value], ...]`` and ``["p", key, end]`` -> 1
+  (sliding: the key's recent values, and its open windows);
+* ``["m", "watermark"]`` -> the watermark.
+"""
+
+from __future__ import annotations
+
+import heapq
+from bisect import insort
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+import msgpack
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .base import Item, StateView, TaskContext
+
+__all__ = [
+    "WindowResult",
+    "WindowSpec",
+    "WindowedAggregate",
+    "hopping",
+    "session",
+    "sliding",
+    "tumbling",
+]
+
+WindowKind = Literal["tumbling", "hopping", "sliding", "session"]
+
+_WATERMARK_KEY: Final = ("m", "watermark")
+_NO_WATERMARK: Final = -(1 << 62)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowResult:
+    """The result of one closed window: its key, ``[start, end)`` in ms, and folded value."""
+
+    key: Any
+    start: int
+    end: int
+    value: Any
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the map a sink writes: ``{"key", "start", "end", "value"}``.
+
+        >>> WindowResult("u1", 0, 60_000, 3).to_dict()
+        {'key': 'u1', 'start': 0, 'end': 60000, 'value': 3}
+        """
+        return {"key": self.key, "start": self.start, "end": self.end, "value": self.value}
+
+
+@dataclass(frozen=True, slots=True)
+class WindowSpec:
+    """How records are grouped into windows (build with ``tumbling`` and friends)."""
+
+    kind: WindowKind
+    size_ms: int
+    step_ms: int
+
+    def starts(self, timestamp: int) -> list[int]:
+        """Return the starts of the aligned windows holding *timestamp*, latest first.
+
+        Only for ``tumbling`` and ``hopping``.
+
+        >>> tumbling(ms=10).starts(25)
+        [20]
+        >>> hopping(size_ms=10, step_ms=5).starts(25)
+        [25, 20]
+        >>> tumbling(ms=10).starts(-1)
+        [-10]
+        """
+        if self.kind not in ("tumbling", "hopping"):
+            raise ValueError(
+                f"{self.kind} windows are not aligned; starts() needs tumbling/hopping"
+            )
+        start = timestamp - timestamp % self.step_ms
+        found = []
+        while start > timestamp - self.size_ms:
+            found.append(start)
+            start -= self.step_ms
+        return found
+
+
+def _ms(what: str, seconds: float | None, ms: int | None) -> int:
+    if (seconds is None) == (ms is None):
+        raise ValueError(f"{what}: give exactly one of seconds or ms")
+    if ms is None:
+        assert seconds is not None
+        value = round(seconds * 1000)
+        if abs(value - seconds * 1000) > 1e-6:
+            raise ValueError(f"{what}: {seconds} s is not a whole number of ms")
+    else:
+        value = ms
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{what}: the size must be a positive whole number of ms, got {value!r}")
+    return value
+
+
+def tumbling(seconds: float | None = None, *, ms: int | None = None) -> WindowSpec:
+    """Return fixed, non-overlapping windows of *seconds* (or *ms*), aligned to the epoch.
+
+    >>> tumbling(seconds=60)
+    WindowSpec(kind='tumbling', size_ms=60000, step_ms=60000)
+    """
+    size = _ms("tumbling", seconds, ms)
+    return WindowSpec("tumbling", size, size)
+
+
+def hopping(
+    size_seconds: float | None = None,
+    step_seconds: float | None = None,
+    *,
+    size_ms: int | None = None,
+    step_ms: int | None = None,
+) -> WindowSpec:
+    """Return windows of *size* starting every *step*, aligned to the epoch.
+
+    Raises:
+        ValueError: if a size is not positive or *step* is larger than *size*.
+
+    >>> hopping(60, 10)
+    WindowSpec(kind='hopping', size_ms=60000, step_ms=10000)
+    """
+    size = _ms("hopping size", size_seconds, size_ms)
+    step = _ms("hopping step", step_seconds, step_ms)
+    if step > size:
+        raise ValueError(
+            f"hopping: step {step} ms is larger than size {size} ms (records would be lost)"
+        )
+    return WindowSpec("hopping", size, step)
+
+
+def sliding(seconds: float | None = None, *, ms: int | None = None) -> WindowSpec:
+    """Return trailing windows: one per distinct event time ``t``, ``[t - size + 1, t + 1)``.
+
+    >>> sliding(ms=500).size_ms
+    500
+    """
+    size = _ms("sliding", seconds, ms)
+    return WindowSpec("sliding", size, 1)
+
+
+def session(gap_seconds: float | None = None, *, gap_ms: int | None = None) -> WindowSpec:
+    """Return per-key sessions that end after *gap* without a record.
+
+    >>> session(gap_ms=30_000).size_ms
+    30000
+    """
+    gap = _ms("session gap", gap_seconds, gap_ms)
+    return WindowSpec("session", gap, gap)
+
+
+def _pack(key: Any) -> bytes:
+    return msgpack.packb(key, use_bin_type=True)
+
+
+class WindowedAggregate:
+    """Fold each key's records per event-time window; emit a ``WindowResult`` at close.
+
+    Emits ``(key, WindowResult, end - 1)`` items. One task at a time.
+
+    Args:
+        name: The operator's name (errors, metrics, late records).
+        store: The state store it owns.
+        window: The window kind and size.
+        grace_ms: How long after ``end`` (in event time) a window stays open.
+        initial: Returns a fresh accumulator; ``None`` means reduce: the first
+            value of a window is its accumulator.
+        fold: ``fold(acc, value) -> acc``. Accumulators must not be ``None``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        store: str,
+        window: WindowSpec,
+        grace_ms: int,
+        initial: Callable[[], Any] | None,
+        fold: Callable[[Any, Any], Any],
+    ) -> None:
+        if not isinstance(grace_ms, int) or grace_ms < 0:
+            raise ValueError(
+                f"{name}: grace_ms must be a whole number of ms >= 0, got {grace_ms!r}"
+            )
+        self.name = name
+        self.store: str | None = store
+        self.window = window
+        self.grace_ms = grace_ms
+        self._initial = initial
+        self._fold = fold
+        self._ctx: TaskContext | None = None
+        self._view: StateView | None = None
+        self.watermark = self._saved_watermark = _NO_WATERMARK
+        # end -> {(start, packed key): key}: the open windows, closed in end order
+        self._open: dict[int, dict[tuple[int, bytes], Any]] = {}
+        self._ends: list[int] = []
+        # session: packed key -> sorted [start, end] pairs of its open sessions
+        self._sessions: dict[bytes, list[list[int]]] = {}
+        # sliding: keys whose windows closed in this sweep (packed key -> key)
+        self._to_prune: dict[bytes, Any] = {}
+
+    # -- lifecycle -------------------------------------------------------
+
+    def open(self, ctx: TaskContext) -> None:
+        """Bind to the task and rebuild the index of open windows from state. Blocking."""
+        assert self.store is not None
+        self._ctx = ctx
+        self._view = view = ctx.state(self.store)
+        self._open, self._ends, self._sessions = {}, [], {}
+        self.watermark = self._saved_watermark = view.get(_WATERMARK_KEY, _NO_WATERMARK)
+        for skey, value in view.items():
+            tag = skey[0]
+            if tag == "w":
+                self._index(skey[1], skey[2], skey[2] + self.window.size_ms)
+            elif tag == "s":
+                self._index(skey[1], skey[2], value[0])
+                self._sessions.setdefault(_pack(skey[1]), []).append([skey[2], value[0]])
+            elif tag == "p":
+                end = skey[2]
+                self._index(skey[1], end - self.window.size_ms, end)
+        for spans in self._sessions.values():
+            spans.sort()
+
+    def process(self, items: list[Item]) -> list[Item]:
+        """Add each record to its windows; return the results of windows that closed.
+
+        Windows close as soon as a record moves the watermark past them, before
+        that record is applied, so the outcome does not depend on batching.
+        """
+        out: list[Item] = []
+        kind = self.window.kind
+        if kind == "session":
+            self._process_sessions(items, out)
+        elif kind == "sliding":
+            self._process_sliding(items, out)
+        else:
+            self._process_aligned(items, out)
+        self._save_watermark()
+        return out
+
+    def on_watermark(self, watermark: int) -> list[Item]:
+        """Advance the watermark to *watermark* (if later) and emit what closes.
+
+        For results that do not depend on batching, pass only watermarks up to
+        the largest event time already given to ``process``.
+        """
+        self._advance(watermark)
+        return self._sweep(self.watermark)
+
+    def finish(self) -> list[Item]:
+        """Close every open window (end of a bounded run); later records for them are late."""
+        open_ends = [end for end, windows in self._open.items() if windows]
+        if not open_ends:
+            return []
+        last_end = max(open_ends)
+        self._advance(last_end + self.grace_ms)
+        return self._sweep(self.watermark)
+
+    # -- per kind --------------------------------------------------------
+
+    def _process_aligned(self, items: list[Item], out: list[Item]) -> None:
+        view, initial, fold, size = self._state(), self._initial, self._fold, self.window.size_ms
+        grace = self.grace_ms
+        deadline_shift = size + grace
+        ends = self._ends
+        wm = self.watermark
+        for item in items:
+            key, value, ts = item
+            if ts > wm:
+                wm = self.watermark = ts
+                if ends and ends[0] + grace <= wm:
+                    out.extend(self._sweep(wm))
+            late = False
+            for start in self.window.starts(ts):
+                if start + deadline_shift <= wm:
+                    late = True
+                    continue
+                skey = ("w", key, start)
+                acc = view.get(skey)
+                if acc is None:
+                    acc = value if initial is None else fold(initial(), value)
+                    self._index(key, start, start + size)
+                else:
+                    acc = fold(acc, value)
+                view.put(skey, acc)
+            if late:
+                self._late(item)
+
+    def _process_sessions(self, items: list[Item], out: list[Item]) -> None:
+        view, gap, grace = self._state(), self.window.size_ms, self.grace_ms
+        ends = self._ends
+        wm = self.watermark
+        for item in items:
+            key, value, ts = item
+            if ts > wm:
+                wm = self.watermark = ts
+                if ends and ends[0] + grace <= wm:
+                    out.extend(self._sweep(wm))
+            kb = _pack(key)
+            spans = self._sessions.get(kb, [])
+            start, end = ts, ts + gap
+            merged = [s for s in spans if s[0] < ts + gap and ts < s[1]]
+            for s in merged:
+                start, end = min(start, s[0]), max(end, s[1])
+            if end + grace <= wm:
+                self._late(item)
+                continue
+            records: list[list[Any]] = []
+            for old_start, old_end in merged:
+                records.extend(view.get(("s", key, old_start))[1])
+                view.delete(("s", key, old_start))
+                self._unindex(kb, old_start, old_end)
+                spans.remove([old_start, old_end])
+            insort(records, [ts, value], key=lambda r: r[0])
+            view.put(("s", key, start), [end, records])
+            insort(spans, [start, end])
+            self._sessions[kb] = spans
+            self._index(key, start, end, kb)
+
+    def _process_sliding(self, items: list[Item], out: list[Item]) -> None:
+        view, size, grace = self._state(), self.window.size_ms, self.grace_ms
+        ends = self._ends
+        wm = self.watermark
+        for item in items:
+            key, value, ts = item
+            if ts > wm:
+                wm = self.watermark = ts
+                if ends and ends[0] + grace <= wm:
+                    out.extend(self._sweep(wm))
+            end = ts + 1
+            buffer = view.get(("b", key)) or []
+            insort(buffer, [ts, value], key=lambda r: r[0])
+            view.put(("b", key), buffer)
+            if end + grace <= wm:
+                self._late(item)
+            elif view.get(("p", key, end)) is None:
+                view.put(("p", key, end), 1)
+                self._index(key, end - size, end)
+
+    # -- closing ---------------------------------------------------------
+
+    def _sweep(self, watermark: int) -> list[Item]:
+        out: list[Item] = []
+        limit = watermark - self.grace_ms
+        ends = self._ends
+        while ends and ends[0] <= limit:
+            end = heapq.heappop(ends)
+            windows = self._open.pop(end, None)
+            if not windows:
+                continue
+            for (start, kb), key in sorted(windows.items(), key=lambda e: e[0]):
+                result = self._close(key, kb, start, end)
+                out.append((key, result, end - 1))
+        if self._to_prune:
+            self._prune(watermark)
+        return out
+
+    def _prune(self, watermark: int) -> None:
+        # After a sweep every open window ends after watermark - grace, so it
+        # starts at or after keep_from; so does the window of any record that
+        # is not late yet. Older values can go.
+        view = self._state()
+        keep_from = watermark - self.grace_ms - self.window.size_ms + 1
+        for key in self._to_prune.values():
+            buffer = view.get(("b", key)) or []
+            kept = [r for r in buffer if r[0] >= keep_from]
+            if len(kept) == len(buffer):
+                continue
+            if kept:
+                view.put(("b", key), kept)
+            else:
+                view.delete(("b", key))
+        self._to_prune = {}
+
+    def _close(self, key: Any, kb: bytes, start: int, end: int) -> WindowResult:
+        view, kind = self._state(), self.window.kind
+        if kind == "session":
+            _, records = view.get(("s", key, start))
+            view.delete(("s", key, start))
+            spans = self._sessions[kb]
+            spans.remove([start, end])
+            if not spans:
+                del self._sessions[kb]
+            return WindowResult(key, start, end, self._fold_all(r[1] for r in records))
+        if kind == "sliding":
+            buffer = view.get(("b", key)) or []
+            view.delete(("p", key, end))
+            self._to_prune[kb] = key
+            return WindowResult(
+                key, start, end, self._fold_all(v for t, v in buffer if start <= t < end)
+            )
+        acc = view.get(("w", key, start))
+        view.delete(("w", key, start))
+        return WindowResult(key, start, end, acc)
+
+    def _fold_all(self, values: Any) -> Any:
+        it = iter(values)
+        acc = next(it) if self._initial is None else self._fold(self._initial(), next(it))
+        for value in it:
+            acc = self._fold(acc, value)
+        return acc
+
+    # -- helpers ---------------------------------------------------------
+
+    def _state(self) -> StateView:
+        if self._view is None:
+            raise RuntimeError(f"{self.name}: open(ctx) must be called before process()")
+        return self._view
+
+    def _late(self, item: Item) -> None:
+        assert self._ctx is not None
+        self._ctx.late(self.name, item)
+
+    def _advance(self, watermark: int) -> None:
+        if watermark > self.watermark:
+            self.watermark = watermark
+        self._save_watermark()
+
+    def _save_watermark(self) -> None:
+        if self.watermark != self._saved_watermark:
+            self._state().put(_WATERMARK_KEY, self.watermark)
+            self._saved_watermark = self.watermark
+
+    def _index(self, key: Any, start: int, end: int, kb: bytes | None = None) -> None:
+        windows = self._open.get(end)
+        if windows is None:
+            windows = self._open[end] = {}
+            heapq.heappush(self._ends, end)
+        windows[(start, _pack(key) if kb is None else kb)] = key
+
+    def _unindex(self, kb: bytes, start: int, end: int) -> None:
+        windows = self._open.get(end)
+        if windows is not None:
+            windows.pop((start, kb), None)
