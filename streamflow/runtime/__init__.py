@@ -1,1 +1,19 @@
 """The runtime: tasks, workers, checkpoints, and ``run``."""
+
+from __future__ import annotations
+
+from .run import run, run_async, run_job_file
+from .task import Outbox, TaskEngine
+from .worker import Job, TaskRunner, producer_id, run_stage
+
+__all__ = [
+    "Job",
+    "Outbox",
+    "TaskEngine",
+    "TaskRunner",
+    "producer_id",
+    "run",
+    "run_async",
+    "run_job_file",
+    "run_stage",
+]

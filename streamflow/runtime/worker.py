@@ -1,0 +1,505 @@
+"""Drive a stage's tasks: fetch, run the operators, append the outputs, commit.
+
+One task per input partition index of each stage runs in a nursery. A task's
+loop is fetch (a long poll), then ``TaskEngine.process`` on whole batches,
+then one append per destination partition, so its only buffers are the
+current fetch and its outputs: a slow append slows the fetch, which is the
+backpressure all the way back to the source. Input offsets are committed to
+the stage's group ``<pipeline>.<stage>`` (and the state checkpointed) every
+``commit_interval_ms`` and at shutdown; a restart resumes from there.
+
+Exactly-once outputs: every append carries ``ProducerIdentity(id)`` with
+``id`` a stable hash of (pipeline, stage, input topic, partition, output
+topic) and ``sequence = first input offset of the batch << 20``; each stored
+input batch is processed and appended on its own, so a replay after a crash
+repeats the same sequence numbers and the log drops the duplicates.
+
+With a broker, each stage joins its group and runs tasks for the partitions it
+is given; when the group rebalances, the tasks stop, commit and the stage
+rejoins.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import time
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+import trio
+
+from streamflow.errors import (
+    OffsetOutOfRange,
+    OperatorError,
+    RebalanceInProgress,
+    UnknownMember,
+)
+from streamflow.log import Columns, Committed, Message, ProducerIdentity
+
+from .task import TaskEngine
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
+
+    from streamflow.log import Headers, RecordBatch, TopicPartition, Transport
+    from streamflow.operators import Item
+    from streamflow.pipeline import Layout, Plan, Stage
+
+logger = logging.getLogger("streamflow.runtime")
+
+SEQUENCE_SHIFT: Final = 20
+LOCAL_CHUNK: Final = 5_000
+SHUTDOWN_TIMEOUT: Final = 10.0
+
+
+@dataclass
+class Job:
+    """What every stage of one run shares (one per ``run`` call)."""
+
+    transport: Transport
+    plan: Plan
+    layout: Layout
+    processing: str
+    until_idle: bool
+    state_dir: Path
+    commit_interval_ms: int = 1000
+    use_groups: bool = False
+    session_timeout_ms: int = 10_000
+    fetch_max_bytes: int = 4 << 20
+    done: dict[str, trio.Event] = field(default_factory=dict)
+    records_written: int = 0
+
+    @property
+    def exactly_once(self) -> bool:
+        """Return True when outputs are appended idempotently."""
+        return self.processing == "exactly_once"
+
+
+class _Rebalance(Exception):
+    """The stage's group moved on; its tasks stop and the stage rejoins."""
+
+
+def producer_id(*parts: str | int) -> int:
+    """Return a stable 63-bit id for the writer named by *parts*.
+
+    >>> producer_id("p", "s0", "in", 0, "out") == producer_id("p", "s0", "in", 0, "out")
+    True
+    """
+    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & ((1 << 63) - 1)
+
+
+def _local_rows(node_source: Any, lines: list[str] | None) -> Iterator[tuple[Any, Any, int]]:
+    """Yield ``(key, value, timestamp)`` for an items or file source."""
+    now = int(time.time() * 1000)
+    if lines is not None:
+        for line in lines:
+            if line.strip():
+                yield None, json.loads(line), now
+        return
+    for value in node_source.items.values:
+        if isinstance(value, Message):
+            ts = value.timestamp if value.timestamp is not None else now
+            yield value.key, value.value, ts
+        else:
+            yield None, value, now
+
+
+class TaskRunner:
+    """One task: the loop of one stage over one input partition index."""
+
+    def __init__(
+        self, job: Job, stage: Stage, partition: int, member: tuple[str, int] | None = None
+    ) -> None:
+        self.job = job
+        self.stage = stage
+        self.partition = partition
+        self.member = member
+        self.group = f"{job.plan.pipeline.name}.{stage.name}"
+        self.engine = TaskEngine(
+            job.plan, stage, job.layout, partition, job.plan.pipeline.late_topic
+        )
+        self.tps: list[TopicPartition] = []
+        self.input_of: dict[TopicPartition, int] = {}
+        self.locals: list[tuple[int, Iterator[tuple[Any, Any, int]]]] = []
+        for index, inp in enumerate(stage.inputs):
+            if inp.topic is not None:
+                if partition < job.layout.topic_partitions[inp.topic]:
+                    tp = (inp.topic, partition)
+                    self.tps.append(tp)
+                    self.input_of[tp] = index
+        self.positions: dict[TopicPartition, int] = {}
+        self.saved: dict[TopicPartition, int] = {}
+        self.local_offsets: dict[int, int] = {}
+        self.task_state: Any = None
+        self.dirty = False
+
+    # -- setup -----------------------------------------------------------------------------
+
+    async def _open_locals(self) -> None:
+        if self.partition != 0:
+            return
+        for index, inp in enumerate(self.stage.inputs):
+            if inp.topic is not None:
+                continue
+            node = self.job.plan.node(inp.node)
+            source = node.source
+            assert source is not None
+            lines = None
+            if source.path is not None:
+                text = await trio.to_thread.run_sync(source.path.read_text)
+                lines = text.splitlines()
+            self.locals.append((index, _local_rows(source, lines)))
+            self.local_offsets[index] = 0
+
+    async def _initial_positions(self, committed: dict[TopicPartition, Committed]) -> None:
+        transport = self.job.transport
+        restored: dict[TopicPartition, int] = {}
+        if self.task_state is not None:
+            restored = dict(self.task_state.input_offsets)
+        for tp in self.tps:
+            if tp in restored:
+                self.positions[tp] = restored[tp]
+            elif tp in committed:
+                self.positions[tp] = committed[tp].offset
+            else:
+                start, end = await transport.offsets(*tp)
+                inp = self.stage.inputs[self.input_of[tp]]
+                source = self.job.plan.node(inp.node).source
+                latest = inp.kind == "topic" and source is not None and source.start == "latest"
+                self.positions[tp] = end if latest else start
+        self.saved = {tp: c.offset for tp, c in committed.items()}
+        if self.task_state is not None and restored:
+            # The group's copy must cover what the state layer restored or compensated.
+            await self._commit(self.task_state.last_checkpoint.committed(), final=False)
+            self.saved = dict(self.positions)
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until cancelled, or until the input is drained under ``until_idle``.
+
+        Raises:
+            OperatorError: a user function failed (``on_error="stop"``); the
+                failing batch's offsets are not committed.
+        """
+        job, engine = self.job, self.engine
+        async with AsyncExitStack() as stack:
+            committed = await job.transport.committed(self.group, self.tps) if self.tps else {}
+            if self.stage.stores:
+                from streamflow.state import TaskState
+
+                self.task_state = await TaskState.open(
+                    job.transport,
+                    state_dir=job.state_dir,
+                    pipeline=job.plan.pipeline.name,
+                    stage=self.stage.name,
+                    partition=self.partition,
+                    stores=list(self.stage.stores),
+                    exactly_once=job.exactly_once,
+                    committed=committed,
+                    changelog_partitions=job.layout.tasks[self.stage.name],
+                )
+                stack.push_async_callback(self._close_state)
+            await self._open_locals()
+            await self._initial_positions(committed)
+            engine.open(self.task_state.view if self.task_state is not None else None)
+            try:
+                await self._loop()
+                if job.until_idle:
+                    self.dirty = engine.stateful
+                    engine.finish()
+                    await self._flush("(finish)", self._end_sequence())
+                    self.dirty = False
+            finally:
+                if not self.dirty:
+                    with trio.move_on_after(SHUTDOWN_TIMEOUT, shield=True):
+                        await self._save(final=True)
+
+    async def _close_state(self) -> None:
+        with trio.move_on_after(SHUTDOWN_TIMEOUT, shield=True):
+            await self.task_state.aclose()
+
+    def _end_sequence(self) -> int:
+        return max(self.positions.values(), default=0) << SEQUENCE_SHIFT
+
+    async def _loop(self) -> None:
+        job = self.job
+        last_save = trio.current_time()
+        interval = job.commit_interval_ms / 1000
+        idle = False
+        while True:
+            if idle and job.until_idle and await self._drained():
+                return
+            worked = await self._run_locals()
+            if self.tps:
+                fetched = await self._fetch(0.0 if worked else self._poll_timeout())
+                if fetched:
+                    worked = True
+                    await self._process_fetch(fetched)
+            elif not worked and not job.until_idle:
+                await trio.sleep_forever()
+            idle = not worked
+            if trio.current_time() - last_save >= interval:
+                await self._save(final=False)
+                last_save = trio.current_time()
+
+    def _poll_timeout(self) -> float:
+        if not self.job.until_idle:
+            return 1.0
+        # Bounded run: nothing more will arrive once the upstream stages are done;
+        # until then, poll briefly so a finished upstream is noticed soon.
+        upstream_done = all(self.job.done[name].is_set() for name in self.stage.upstream)
+        return 0.0 if upstream_done else 0.05
+
+    async def _fetch(self, timeout: float) -> dict[TopicPartition, list[RecordBatch]]:
+        transport = self.job.transport
+        try:
+            return await transport.fetch(
+                dict(self.positions), max_bytes=self.job.fetch_max_bytes, timeout=timeout
+            )
+        except OffsetOutOfRange as exc:
+            tp = (exc.topic, exc.partition)
+            start, end = await transport.offsets(*tp)
+            moved = min(max(self.positions[tp], start), end)
+            logger.warning(
+                "%s[%d]: offset %d is no longer kept; resuming at %d",
+                exc.topic,
+                exc.partition,
+                self.positions[tp],
+                moved,
+            )
+            self.positions[tp] = moved
+            return {}
+
+    async def _drained(self) -> bool:
+        job = self.job
+        if not all(job.done[name].is_set() for name in self.stage.upstream):
+            return False
+        if self.locals:
+            return False
+        for tp in self.tps:
+            _, end = await job.transport.offsets(*tp)
+            if self.positions[tp] < end:
+                return False
+        return True
+
+    async def _run_locals(self) -> bool:
+        worked = False
+        for entry in list(self.locals):
+            index, rows = entry
+            chunk = list(itertools.islice(rows, LOCAL_CHUNK))
+            if not chunk:
+                self.locals.remove(entry)
+                continue
+            worked = True
+            first = self.local_offsets[index]
+            offsets = list(range(first, first + len(chunk)))
+            self.local_offsets[index] = first + len(chunk)
+            keys, values, stamps = (list(c) for c in zip(*chunk, strict=True))
+            self.dirty = self.engine.stateful
+            self.engine.process(index, "(items)", offsets, keys, values, stamps)
+            self._after_batch()
+            await self._flush("(items)", None)
+            self.dirty = False
+        return worked
+
+    async def _process_fetch(self, fetched: dict[TopicPartition, list[RecordBatch]]) -> None:
+        engine = self.engine
+        exactly_once = self.job.exactly_once
+        for tp, batches in fetched.items():
+            index = self.input_of[tp]
+            topic = tp[0]
+            if exactly_once:
+                for batch in batches:
+                    self.dirty = engine.stateful
+                    engine.process(
+                        index, topic, batch.offsets, batch.keys, batch.values, batch.timestamps
+                    )
+                    self._after_batch()
+                    await self._flush(topic, batch.offsets[0] << SEQUENCE_SHIFT)
+                    self.positions[tp] = batch.next_offset
+                    self.dirty = False
+                continue
+            self.dirty = engine.stateful
+            if len(batches) == 1:
+                b = batches[0]
+                engine.process(index, topic, b.offsets, b.keys, b.values, b.timestamps)
+            else:
+                offsets: list[int] = []
+                keys: list[Any] = []
+                values: list[Any] = []
+                stamps: list[int] = []
+                for b in batches:
+                    offsets += b.offsets
+                    keys += b.keys
+                    values += b.values
+                    stamps += b.timestamps
+                engine.process(index, topic, offsets, keys, values, stamps)
+            self._after_batch()
+            self.positions[tp] = batches[-1].next_offset
+        if not exactly_once:
+            await self._flush(None, None)
+            self.dirty = False
+
+    def _after_batch(self) -> None:
+        if self.engine.stateful:
+            self.engine.advance()
+
+    # -- writing ---------------------------------------------------------------------------
+
+    async def _flush(self, input_topic: str | None, sequence: int | None) -> None:
+        """Write the outbox: one append per topic partition, then the local sinks."""
+        outputs = self.engine.outbox.take()
+        if not outputs:
+            return
+        with trio.move_on_after(SHUTDOWN_TIMEOUT * 3, shield=True) as scope:
+            await self._write(outputs, input_topic, sequence)
+        if scope.cancelled_caught:
+            raise trio.TooSlowError("appending a batch's outputs took too long; stopping")
+
+    async def _write(
+        self,
+        outputs: list[tuple[Any, list[Item], list[Headers | None] | None]],
+        input_topic: str | None,
+        sequence: int | None,
+    ) -> None:
+        job = self.job
+        pipeline = job.plan.pipeline.name
+        for dest, items, headers in outputs:
+            if isinstance(dest, int):
+                await self._write_local(dest, items)
+                continue
+            topic, partition = dest
+            keys = [i[0] for i in items]
+            values = [i[1] for i in items]
+            stamps: list[int | None] = [i[2] for i in items]
+            columns = Columns(keys, values, stamps, headers)
+            if sequence is not None and input_topic is not None:
+                pid = producer_id(pipeline, self.stage.name, input_topic, self.partition, topic)
+                await job.transport.append(
+                    topic,
+                    partition,
+                    columns,
+                    producer=ProducerIdentity(pid),
+                    sequence=sequence,
+                )
+            else:
+                await job.transport.append(topic, partition, columns)
+            job.records_written += len(items)
+
+    async def _write_local(self, node_id: int, items: list[Item]) -> None:
+        node = self.job.plan.node(node_id)
+        spec = node.sink
+        assert spec is not None
+        if spec.into is not None:
+            spec.into.extend(v for _, v, _ in items)
+        elif spec.call is not None:
+            call: Callable[[Any], object] = spec.call
+            for _, v, _ in items:
+                try:
+                    call(v)
+                except Exception as exc:
+                    raise OperatorError(node.label, "(sink)", self.partition, -1, exc) from exc
+        elif spec.path is not None:
+            text = "".join(json.dumps(v) + "\n" for _, v, _ in items)
+            path = spec.path
+
+            def append() -> None:
+                with path.open("a", encoding="utf-8") as f:
+                    f.write(text)
+
+            await trio.to_thread.run_sync(append)
+
+    async def _save(self, *, final: bool) -> None:
+        """Checkpoint state and commit input offsets (when they moved)."""
+        if self.positions == self.saved:
+            return
+        if self.task_state is not None:
+            checkpoint = await self.task_state.checkpoint(dict(self.positions))
+            offsets = checkpoint.committed()
+        else:
+            offsets = {tp: Committed(pos) for tp, pos in self.positions.items()}
+        if self.tps:
+            await self._commit(offsets, final=final)
+        self.saved = dict(self.positions)
+
+    async def _commit(self, offsets: dict[TopicPartition, Committed], *, final: bool) -> None:
+        member_id, generation = self.member if self.member else (None, None)
+        try:
+            await self.job.transport.commit(
+                self.group, offsets, member_id=member_id, generation=generation
+            )
+        except (RebalanceInProgress, UnknownMember) as exc:
+            if final:
+                logger.info("%s: final commit skipped (%s)", self.group, exc)
+                return
+            raise _Rebalance(str(exc)) from exc
+
+
+async def run_stage(job: Job, stage: Stage) -> None:
+    """Run every task of *stage* until cancelled (or drained under ``until_idle``)."""
+    try:
+        if job.use_groups and any(i.topic is not None for i in stage.inputs):
+            await _run_stage_in_group(job, stage)
+        else:
+            async with trio.open_nursery() as nursery:
+                for partition in range(job.layout.tasks[stage.name]):
+                    nursery.start_soon(TaskRunner(job, stage, partition).run)
+    finally:
+        job.done[stage.name].set()
+
+
+async def _run_stage_in_group(job: Job, stage: Stage) -> None:
+    transport = job.transport
+    group = f"{job.plan.pipeline.name}.{stage.name}"
+    topics = [i.topic for i in stage.inputs if i.topic is not None]
+    primary = max(topics, key=lambda t: job.layout.topic_partitions[t])
+    member_id: str | None = None
+    try:
+        while True:
+            assignment = await transport.join_group(
+                group, [primary], member_id=member_id, session_timeout_ms=job.session_timeout_ms
+            )
+            member_id = assignment.member_id
+            member = (member_id, assignment.generation)
+            partitions = sorted({p for _, p in assignment.partitions})
+            logger.info("%s: member %s runs partitions %s", group, member_id, partitions)
+            rejoin = False
+            try:
+                async with trio.open_nursery() as outer:
+
+                    async def heartbeat(scope: trio.CancelScope, member: tuple[str, int]) -> None:
+                        nonlocal rejoin
+                        while True:
+                            await trio.sleep(job.session_timeout_ms / 3000)
+                            if not await transport.heartbeat(group, *member):
+                                rejoin = True
+                                scope.cancel()
+                                return
+
+                    outer.start_soon(heartbeat, outer.cancel_scope, member)
+                    async with trio.open_nursery() as tasks:
+                        for p in partitions:
+                            tasks.start_soon(TaskRunner(job, stage, p, member).run)
+                    if job.until_idle:
+                        outer.cancel_scope.cancel()
+                    else:
+                        await trio.sleep_forever()
+            except* _Rebalance:
+                rejoin = True
+            if not rejoin:
+                return
+            logger.info("%s: rebalancing", group)
+    finally:
+        if member_id is not None:
+            with trio.move_on_after(SHUTDOWN_TIMEOUT, shield=True):
+                try:
+                    await transport.leave_group(group, member_id)
+                except Exception as exc:  # leaving is best effort: the session expires anyway
+                    logger.info("%s: leave_group failed (%s)", group, exc)

@@ -1,0 +1,132 @@
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from typing import TYPE_CHECKING
+
+import pytest
+import trio
+
+from streamflow.errors import UnknownTopic
+
+from .helpers import committed, produce, read
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+pytestmark = pytest.mark.slow
+
+JOB = textwrap.dedent(
+    """
+    import time
+    from streamflow import Pipeline
+
+    def slow_double(v):
+        time.sleep(0.0005)  # keep the job busy long enough to be killed mid-way
+        return v * 2
+
+    pipeline = Pipeline("shared")
+    pipeline.source("in").map(slow_double).key_by(lambda v: v % 7).sink("out")
+    """
+)
+
+
+def spawn(*args: str, pipe: bool = True) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, *args],
+        stdout=subprocess.PIPE if pipe else subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[str]:
+    proc = spawn("-m", "streamflow.log.broker", "--data", str(tmp_path / "log"), "--port", "0")
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("READY "), line
+        yield f"tcp://127.0.0.1:{int(line.split()[1])}"
+    finally:
+        stop(proc)
+
+
+async def wait_for(target: str, topic: str, count: int, timeout: float) -> set[int]:
+    with trio.fail_after(timeout):
+        while True:
+            try:
+                values = {r.value for r in await read(target, topic)}
+            except UnknownTopic:  # the workers have not created it yet
+                values = set()
+            if len(values) >= count:
+                return values
+            await trio.sleep(0.2)
+
+
+async def test_two_workers_share_a_job_and_survive_a_sigkill(broker: str, tmp_path: Path) -> None:
+    n = 4000
+    await produce(broker, "in", list(range(n)), partitions=4)
+    job = tmp_path / "job.py"
+    job.write_text(JOB)
+    worker = [
+        "-m",
+        "streamflow.runtime",
+        str(job),
+        broker,
+        "--commit-interval-ms",
+        "100",
+        "--session-timeout-ms",
+        "1500",
+        "--state-dir",
+        str(tmp_path / "state"),
+    ]
+    first, second = spawn(*worker, pipe=False), spawn(*worker, pipe=False)
+    try:
+        await wait_for(broker, "out", n // 10, timeout=60)
+        os.kill(first.pid, signal.SIGKILL)
+        assert first.wait() == -signal.SIGKILL
+        values = await wait_for(broker, "out", n, timeout=90)
+        assert values == {v * 2 for v in range(n)}
+        second.send_signal(signal.SIGTERM)
+        assert await trio.to_thread.run_sync(second.wait) == 0
+    finally:
+        stop(first)
+        stop(second)
+    done = await committed(broker, "shared.s0", "in")
+    assert done == {p: n // 4 for p in range(4)}
+
+
+async def test_sigterm_drains_and_commits(tmp_path: Path) -> None:
+    target = tmp_path / "log"
+    await produce(target, "in", list(range(300)), partitions=2)
+    job = tmp_path / "job.py"
+    job.write_text(JOB)
+    proc = spawn("-m", "streamflow.runtime", str(job), str(target))
+    try:
+        assert proc.stdout is not None
+        assert (await trio.to_thread.run_sync(proc.stdout.readline)).startswith("RUNNING")
+        await trio.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(30):
+            code = await trio.to_thread.run_sync(proc.wait)
+        assert code == 0
+    finally:
+        stop(proc)
+    out = await read(target, "out")
+    stage0 = await committed(target, "shared.s0", "in")
+    # Everything committed was written; nothing committed was lost.
+    assert sum(stage0.values()) <= len(await read(target, "shared.s1.repartition"))
+    assert len(out) <= 300
