@@ -2,8 +2,10 @@
 
 ``connect(DIR)`` opens the log directory in this process (and runs retention
 and compaction in the background); ``connect("tcp://host:port")`` talks to a
-broker. Both give a ``Client`` whose ``transport`` implements ``Transport``,
-so producers, consumers and the pipeline runtime behave the same on either.
+broker; ``connect("kafka://host1:9092,host2:9092")`` talks to an Apache
+Kafka-compatible cluster (the ``kafka`` extra). All give a ``Client`` whose
+``transport`` implements ``Transport``, so producers, consumers and the
+pipeline runtime behave the same on each.
 """
 
 from __future__ import annotations
@@ -72,10 +74,14 @@ class Client:
             self._stack.callback(nursery.cancel_scope.cancel)
             if isinstance(self.target, str) and self.target.startswith("tcp://"):
                 self._transport = await self._open_remote(nursery)
+            elif isinstance(self.target, str) and self.target.startswith("kafka://"):
+                self._transport = await self._open_kafka()
             elif isinstance(self.target, str | os.PathLike):
                 self._transport = await self._open_embedded(nursery)
             else:
-                raise InvalidConfig("target", self.target, "a directory path or tcp://host:port")
+                raise InvalidConfig(
+                    "target", self.target, "a directory path, tcp://host:port or kafka://host:port"
+                )
         except BaseException as exc:
             await self._aexit(type(exc), exc, exc.__traceback__)
             raise
@@ -91,6 +97,14 @@ class Client:
         transport = RemoteTransport(host, port, nursery=nursery, token=token, **options)
         self._stack.push_async_callback(transport.aclose)
         await transport.open()
+        return transport
+
+    async def _open_kafka(self) -> Transport:
+        from .kafka import open_kafka_transport
+
+        assert isinstance(self.target, str)
+        transport = await open_kafka_transport(self.target, **self._options)
+        self._stack.push_async_callback(transport.aclose)
         return transport
 
     async def _open_embedded(self, nursery: trio.Nursery) -> Transport:
@@ -177,15 +191,17 @@ def connect(target: str | os.PathLike[str], **options: Any) -> Client:
     """Open a log directory or a broker; use the result as ``async with``.
 
     Args:
-        target: A directory (opened in this process; one process at a time)
-            or ``tcp://host:port`` (a broker).
+        target: A directory (opened in this process; one process at a time),
+            ``tcp://host:port`` (a broker) or ``kafka://host:port[,host:port]``
+            (a Kafka cluster; settings in *options* go to librdkafka).
         **options: Embedded: ``cleaner`` (run retention and compaction, default
             True), ``cleaner_interval`` (s), ``assignor``. Remote: ``token``
             (default ``$STREAMFLOW_TOKEN``), ``request_timeout``,
             ``reconnect_timeout``, ``max_frame_bytes``.
 
     Raises:
-        InvalidConfig: *target* is neither a path nor ``tcp://host:port``.
+        InvalidConfig: *target* is none of the above, or the ``kafka`` extra
+            is missing for a ``kafka://`` target.
         LogLocked: another process has the directory open.
         BrokerUnavailable: (on first use) the broker cannot be reached.
     """
