@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import shutil
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import trio
@@ -48,7 +49,7 @@ async def produce(data_dir: Path, events: list[dict[str, object]]) -> None:
 
 
 def build_pipeline() -> Pipeline:
-    """Flag users with more than 15 payments in one event-time minute."""
+    """Flag users with more than 60 payments in one event-time minute."""
     pipeline = Pipeline("quickstart")
     (
         pipeline.source("payments", timestamp=lambda v: v["ts"])
@@ -60,7 +61,7 @@ def build_pipeline() -> Pipeline:
             initial=lambda: {"n": 0, "total": 0.0},
             fold=lambda acc, v: {"n": acc["n"] + 1, "total": round(acc["total"] + v["amount"], 2)},
         )
-        .filter(lambda w: w.value["n"] > 15)
+        .filter(lambda w: w.value["n"] > 60)
         .sink("alerts")
     )
     return pipeline
@@ -77,12 +78,10 @@ def main(data_dir: Path) -> None:
             part = log.partition("alerts", info.partition)
             alerts.extend(r.value for r in part.read(0, max_records=10_000))
     alerts.sort(key=lambda a: (a["start"], str(a["key"])))
-    print(f"{len(alerts)} busy user-minutes (more than 15 payments):")
+    print(f"{len(alerts)} busy user-minutes (more than 60 payments):")
     for a in alerts[:10]:
-        print(
-            f"  {a['key']}  minute starting {a['start']}: {a['value']['n']} payments, "
-            f"total {a['value']['total']}"
-        )
+        minute = datetime.fromtimestamp(a["start"] / 1000, UTC).strftime("%Y-%m-%d %H:%M")
+        print(f"  {a['key']}  {minute}: {a['value']['n']} payments, total {a['value']['total']}")
     if len(alerts) > 10:
         print(f"  ... and {len(alerts) - 10} more")
 

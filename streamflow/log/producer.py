@@ -88,6 +88,9 @@ class Producer:
         transport: The target.
         batch_size: Most records per batch.
         linger_ms: How long a lane waits for a batch to fill before sending it.
+            The default, 0, sends at once: while a partition's batch is in
+            flight, records sent meanwhile queue up and leave together as the
+            next batch, so concurrent senders batch without delaying a lone one.
         max_buffer_bytes: Bytes of queued, unacknowledged records above which
             ``send`` waits (backpressure).
         max_batch_bytes: Most encoded bytes per batch.
@@ -100,7 +103,7 @@ class Producer:
         transport: Transport,
         *,
         batch_size: int = 1000,
-        linger_ms: int = 5,
+        linger_ms: int = 0,
         max_buffer_bytes: int = 32 << 20,
         max_batch_bytes: int = 1 << 20,
         delivery_timeout: float = 120.0,
