@@ -215,3 +215,28 @@ class OperatorError(StreamflowError):
         self.partition = partition
         self.offset = offset
         self.error = error
+
+
+class StorageError(StreamflowError):
+    """A disk write failed (disk full, I/O error); the write was not acknowledged."""
+
+    def __init__(self, what: str, error: OSError) -> None:
+        super().__init__(
+            f"{what} failed: {error.strerror or error} (errno {error.errno}); nothing was "
+            "acknowledged: free disk space or fix the device, then retry"
+        )
+        self.what = what
+        self.errno = error.errno
+
+
+class PartitionOffline(LogClosed):
+    """A partition stopped taking writes after a failed fsync; reopen the log to recover."""
+
+    def __init__(self, label: str, error: OSError) -> None:
+        super().__init__(
+            f"{label} is offline: an fsync failed ({error.strerror or error}, errno "
+            f"{error.errno}), so data written since the last good fsync may be lost; "
+            "fix the disk and reopen the log (restart the broker) to recover"
+        )
+        self.label = label
+        self.errno = error.errno

@@ -34,6 +34,16 @@ NAMES: Final[dict[str, str]] = {
     "log.mid_retention_delete": "one old segment's .log is removed, its indexes are not",
     "log.mid_compaction_swap": "a compacted .log.tmp is fsynced, the indexes are removed, "
     "the rename has not happened",
+    "runtime.before_output": "a task processed a batch (state changed in memory), "
+    "no output of it is appended",
+    "runtime.mid_output": "a batch's outputs are appended to one destination partition, "
+    "not to the others",
+    "runtime.after_output": "every output of a batch is appended, its input offsets are "
+    "neither checkpointed nor committed",
+    "runtime.mid_checkpoint": "a task's state checkpoint is in LMDB, the group commit of "
+    "its offsets has not happened",
+    "state.after_changelog": "a checkpoint's changes are in the changelog, the LMDB "
+    "transaction has not happened",
 }
 
 

@@ -44,12 +44,28 @@ _NO_WATERMARK: Final = -(1 << 62)
 _CURRENT: Final[Any] = object()
 
 
-def _pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
+# One packer for the module: pack() holds the GIL from start to end.
+_pack: Final = msgpack.Packer(use_bin_type=True).pack
+_UNSEEN: Final = object()
+
+
+def _key_id(key: Any) -> Any:
+    """Return a hashable stand-in for *key*: itself for a str or int, else its msgpack bytes.
+
+    >>> _key_id("u1"), _key_id(["u", 1]) == msgpack.packb(["u", 1])
+    ('u1', True)
+    """
+    kind = type(key)
+    return key if kind is str or kind is int else _pack(key)
 
 
 class KeyState:
-    """The state of the key being processed (``ctx.state``)."""
+    """The state of the key being processed (``ctx.state``).
+
+    Values read or written during one batch are kept by key and handed to the
+    store once at the end of the batch (``ProcessContext._flush``), so a record
+    costs dict operations rather than a msgpack encoding per call.
+    """
 
     __slots__ = ("_ctx",)
 
@@ -58,15 +74,27 @@ class KeyState:
 
     def get(self, default: Any = None) -> Any:
         """Return the current key's value, or *default*."""
-        return self._ctx._view.get(("k", self._ctx.key), default)
+        ctx = self._ctx
+        key = ctx.key
+        kind = type(key)
+        kid = key if kind is str or kind is int else _pack(key)
+        value = ctx._values.get(kid, _UNSEEN)
+        if value is _UNSEEN:
+            value = ctx._values[kid] = ctx._view.get(("k", key))
+        return default if value is None else value
 
     def set(self, value: Any) -> None:
         """Store *value* for the current key (``None`` deletes it)."""
-        self._ctx._view.put(("k", self._ctx.key), value)
+        ctx = self._ctx
+        key = ctx.key
+        kind = type(key)
+        kid = key if kind is str or kind is int else _pack(key)
+        ctx._values[kid] = value
+        ctx._changed[kid] = key
 
     def delete(self) -> None:
         """Remove the current key's value."""
-        self._ctx._view.delete(("k", self._ctx.key))
+        self.set(None)
 
 
 class ProcessContext:
@@ -82,6 +110,18 @@ class ProcessContext:
         self.timestamp = 0
         self.state = KeyState(self)
         self._out: list[Item] = []
+        # key id -> value (None: absent) of the keys seen in this batch, and the
+        # keys whose value changed (key id -> key); see KeyState
+        self._values: dict[Any, Any] = {}
+        self._changed: dict[Any, Any] = {}
+
+    def _flush(self) -> None:
+        """Hand the batch's changed values to the store and forget the batch's values."""
+        view, values = self._view, self._values
+        for kid, key in self._changed.items():
+            view.put(("k", key), values[kid])
+        self._changed = {}
+        self._values = {}
 
     @property
     def watermark(self) -> int:
@@ -164,16 +204,21 @@ class Process:
         fn = self._fn
         out = ctx._out = []
         wm = self.watermark
-        for key, value, ts in items:
-            if ts > wm:
-                wm = self.watermark = ts
-                if self._heap:
+        heap = self._heap
+        try:
+            for key, value, ts in items:
+                if ts > wm:
+                    wm = self.watermark = ts
+                    if heap:
+                        self._fire(wm)
+                ctx.key = key
+                ctx.timestamp = ts
+                fn(ctx, key, value)
+                if heap and heap[0][0] <= wm:
                     self._fire(wm)
-            ctx.key = key
-            ctx.timestamp = ts
-            fn(ctx, key, value)
-            if self._heap and self._heap[0][0] <= wm:
-                self._fire(wm)
+        finally:
+            # Changes made before a failure stay, as they would without the batching.
+            ctx._flush()
         self._save_watermark()
         return out
 
@@ -188,7 +233,10 @@ class Process:
         if watermark > self.watermark:
             self.watermark = watermark
             self._save_watermark()
-        self._fire(self.watermark)
+        try:
+            self._fire(self.watermark)
+        finally:
+            ctx._flush()
         return out
 
     def finish(self) -> list[Item]:

@@ -179,8 +179,21 @@ def session(gap_seconds: float | None = None, *, gap_ms: int | None = None) -> W
     return WindowSpec("session", gap, gap)
 
 
-def _pack(key: Any) -> bytes:
-    return msgpack.packb(key, use_bin_type=True)
+_pack: Final = msgpack.Packer(use_bin_type=True).pack
+_MISSING: Final = object()
+
+
+def _key_id(key: Any) -> Any:
+    """Return a hashable stand-in for *key*: itself for a str or int, else its msgpack bytes.
+
+    Equal ids mean equal stored keys (the store keys by msgpack bytes), and a
+    list key, which cannot be hashed, still gets one.
+
+    >>> _key_id("u1"), _key_id(["u", 1]) == msgpack.packb(["u", 1])
+    ('u1', True)
+    """
+    kind = type(key)
+    return key if kind is str or kind is int else _pack(key)
 
 
 class WindowedAggregate:
@@ -227,6 +240,10 @@ class WindowedAggregate:
         self._sessions: dict[bytes, list[list[int]]] = {}
         # sliding: keys whose windows closed in this sweep (packed key -> key)
         self._to_prune: dict[bytes, Any] = {}
+        # tumbling, hopping: (key id, start) -> accumulator of every open window, and
+        # the windows changed by the current batch (written to the view once per batch)
+        self._accs: dict[tuple[Any, int], Any] = {}
+        self._touched: dict[tuple[Any, int], Any] = {}
 
     # -- lifecycle -------------------------------------------------------
 
@@ -236,10 +253,12 @@ class WindowedAggregate:
         self._ctx = ctx
         self._view = view = ctx.state(self.store)
         self._open, self._ends, self._sessions = {}, [], {}
+        self._accs, self._touched = {}, {}
         self.watermark = self._saved_watermark = view.get(_WATERMARK_KEY, _NO_WATERMARK)
         for skey, value in view.items():
             tag = skey[0]
             if tag == "w":
+                self._accs[(_key_id(skey[1]), skey[2])] = value
                 self._index(skey[1], skey[2], skey[2] + self.window.size_ms)
             elif tag == "s":
                 self._index(skey[1], skey[2], value[0])
@@ -264,6 +283,7 @@ class WindowedAggregate:
             self._process_sliding(items, out)
         else:
             self._process_aligned(items, out)
+            self._write_touched()
         self._save_watermark()
         return out
 
@@ -288,10 +308,15 @@ class WindowedAggregate:
     # -- per kind --------------------------------------------------------
 
     def _process_aligned(self, items: list[Item], out: list[Item]) -> None:
-        view, initial, fold, size = self._state(), self._initial, self._fold, self.window.size_ms
+        # The accumulators live in self._accs; the view gets each changed window
+        # once per batch (_write_touched), so a record costs dict operations only.
+        initial, fold, size = self._initial, self._fold, self.window.size_ms
+        step = self.window.step_ms
         grace = self.grace_ms
         deadline_shift = size + grace
         ends = self._ends
+        accs, touched = self._accs, self._touched
+        starts = self.window.starts
         wm = self.watermark
         for item in items:
             key, value, ts = item
@@ -299,21 +324,30 @@ class WindowedAggregate:
                 wm = self.watermark = ts
                 if ends and ends[0] + grace <= wm:
                     out.extend(self._sweep(wm))
+            kind = type(key)
+            kid = key if kind is str or kind is int else _pack(key)
             late = False
-            for start in self.window.starts(ts):
+            for start in (ts - ts % size,) if step == size else starts(ts):
                 if start + deadline_shift <= wm:
                     late = True
                     continue
-                skey = ("w", key, start)
-                acc = view.get(skey)
-                if acc is None:
+                slot = (kid, start)
+                acc = accs.get(slot, _MISSING)
+                if acc is _MISSING:
                     acc = value if initial is None else fold(initial(), value)
                     self._index(key, start, start + size)
                 else:
                     acc = fold(acc, value)
-                view.put(skey, acc)
+                accs[slot] = acc
+                touched[slot] = key
             if late:
                 self._late(item)
+
+    def _write_touched(self) -> None:
+        view, accs = self._state(), self._accs
+        for slot, key in self._touched.items():
+            view.put(("w", key, slot[1]), accs[slot])
+        self._touched = {}
 
     def _process_sessions(self, items: list[Item], out: list[Item]) -> None:
         view, gap, grace = self._state(), self.window.size_ms, self.grace_ms
@@ -418,7 +452,9 @@ class WindowedAggregate:
             return WindowResult(
                 key, start, end, self._fold_all(v for t, v in buffer if start <= t < end)
             )
-        acc = view.get(("w", key, start))
+        slot = (_key_id(key), start)
+        acc = self._accs.pop(slot)
+        self._touched.pop(slot, None)
         view.delete(("w", key, start))
         return WindowResult(key, start, end, acc)
 

@@ -289,13 +289,6 @@ def _check_name(name: object, what: str) -> str:
     return name
 
 
-def _missing(kind: str, module: str, exc: ImportError) -> PipelineError:
-    return PipelineError(
-        f"{kind} needs streamflow.operators.{module}, which cannot be imported ({exc}); "
-        "install a streamflow build that includes it"
-    )
-
-
 @dataclass(frozen=True, slots=True)
 class Stream:
     """A handle on one node's output; every method adds a node and returns a new handle.
@@ -424,10 +417,8 @@ class Stream:
         _check_callable(fold, "fold", what)
 
         def factory(label: str) -> Operator:
-            try:
-                from streamflow.operators.aggregate import Aggregate
-            except ImportError as exc:
-                raise _missing("aggregate", "aggregate", exc) from exc
+            from streamflow.operators.aggregate import Aggregate
+
             return Aggregate(label, store, initial, fold)
 
         return self._then("aggregate", site, store=store, factory=factory, fn=fold)
@@ -449,19 +440,36 @@ class Stream:
             raise PipelineError(f"window at {site}: grace_ms={grace_ms!r}; give an int >= 0")
         return WindowedStream(self, window, grace_ms)
 
-    def process(self, name: str, fn: Callable[..., Any]) -> Stream:
-        """Run ``fn`` per record with the key's own state (custom per-key logic)."""
+    def process(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        on_timer: Callable[..., Any] | None = None,
+    ) -> Stream:
+        """Run ``fn(ctx, key, value)`` per record with the key's own state and timers.
+
+        Args:
+            name: The state store's name (its identity across code changes).
+            fn: Called per record with a ``ProcessContext`` (``ctx.state``,
+                ``ctx.emit``, ``ctx.register_timer``), the key and the value.
+            on_timer: ``on_timer(ctx, tag)``, called for a key once the task's
+                event time reaches a timer registered with
+                ``ctx.register_timer(timestamp, tag)``; needed to register timers.
+
+        Raises:
+            PipelineError: on a bad name or a non-callable *fn* or *on_timer*.
+        """
         site = caller_site()
         what = f"process at {site}"
         store = _check_name(name, what)
         _check_callable(fn, "fn", what)
+        if on_timer is not None:
+            _check_callable(on_timer, "on_timer", what)
 
         def factory(label: str) -> Operator:
-            try:
-                from streamflow.operators.process import Process
-            except ImportError as exc:
-                raise _missing("process", "process", exc) from exc
-            return Process(label, store, fn)
+            from streamflow.operators.process import Process
+
+            return Process(label, store, fn, on_timer=on_timer)
 
         return self._then("process", site, store=store, factory=factory, fn=fn)
 
@@ -471,10 +479,8 @@ class Stream:
         store = _check_name(name, f"to_table at {site}")
 
         def factory(label: str) -> Operator:
-            try:
-                from streamflow.operators.joins import ToTable
-            except ImportError as exc:
-                raise _missing("to_table", "joins", exc) from exc
+            from streamflow.operators.joins import ToTable
+
             return ToTable(label, store)
 
         node = self.pipeline._add("to_table", (self.node,), site, store=store, factory=factory)
@@ -490,10 +496,8 @@ class Stream:
         store = table.store
 
         def factory(label: str) -> Operator:
-            try:
-                from streamflow.operators.joins import TableJoin
-            except ImportError as exc:
-                raise _missing("join", "joins", exc) from exc
+            from streamflow.operators.joins import TableJoin
+
             return TableJoin(label, store, fn)
 
         node = self.pipeline._add(
@@ -535,10 +539,8 @@ class WindowedStream:
         window, grace_ms = self.window, self.grace_ms
 
         def factory(label: str) -> Operator:
-            try:
-                from streamflow.operators.windows import WindowedAggregate
-            except ImportError as exc:
-                raise _missing("window", "windows", exc) from exc
+            from streamflow.operators.windows import WindowedAggregate
+
             return WindowedAggregate(label, store, window, grace_ms, initial, fold)
 
         return self.stream._then(

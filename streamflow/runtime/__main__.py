@@ -2,7 +2,7 @@
 
 ``streamflow run JOB.py --processes N`` starts N of these. Options:
 ``--until-idle``, ``--processing``, ``--state-dir``, ``--commit-interval-ms``,
-``--session-timeout-ms``. Prints ``RUNNING <pid>`` once the job file loaded.
+``--session-timeout-ms``, ``--metrics-port``. Prints ``RUNNING <pid>`` once the job file loaded.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", default=None)
     parser.add_argument("--commit-interval-ms", type=int, default=1000)
     parser.add_argument("--session-timeout-ms", type=int, default=10_000)
+    parser.add_argument("--metrics-port", type=int, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("STREAMFLOW_LOG_LEVEL", "WARNING"))
     try:
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
             state_dir=args.state_dir,
             commit_interval_ms=args.commit_interval_ms,
             session_timeout_ms=args.session_timeout_ms,
+            metrics_port=args.metrics_port,
         )
     except StreamflowError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -11,6 +11,7 @@ import logging
 import signal
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -25,6 +26,7 @@ from streamflow.errors import (
 )
 from streamflow.pipeline import load_job, plan, resolve
 
+from .metrics import JobMetrics, run_metrics_server, run_progress
 from .worker import Job, run_stage
 
 if TYPE_CHECKING:
@@ -118,6 +120,9 @@ async def run_async(
     state_dir: str | os.PathLike[str] | None = None,
     commit_interval_ms: int = 1000,
     session_timeout_ms: int = 10_000,
+    metrics: JobMetrics | None = None,
+    metrics_port: int | None = None,
+    progress: bool = False,
     stop: trio.Event | None = None,
     task_status: trio.TaskStatus[Layout] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -129,6 +134,12 @@ async def run_async(
     connection to the target stays open for it. Cancelling the call instead
     stops at once; with an embedded target the final commits still run
     (shielded), with a broker they may not reach it.
+
+    The runtime counts what every task does in *metrics* (a fresh
+    ``JobMetrics`` when *metrics_port* or *progress* asks for one);
+    *metrics_port* serves it to Prometheus on ``127.0.0.1:PORT/metrics`` (0:
+    any free port, logged), and *progress* shows progress bars on a terminal,
+    else a log line every 5 s (see ``streamflow.runtime.metrics``).
     """
     if processing not in PROCESSING:
         raise InvalidConfig("processing", processing, "'at_least_once' or 'exactly_once'")
@@ -152,7 +163,10 @@ async def run_async(
             commit_interval_ms=commit_interval_ms,
             use_groups=is_url(target),
             session_timeout_ms=session_timeout_ms,
+            metrics=metrics,
         )
+        if job.metrics is None and (metrics_port is not None or progress):
+            job.metrics = JobMetrics(pipeline.name)
         job.done = {stage.name: trio.Event() for stage in the_plan.stages}
         logger.info(
             "pipeline %s: %d stage(s), parallelism %d, %s",
@@ -165,6 +179,10 @@ async def run_async(
             async with trio.open_nursery() as outer:
                 if stop is not None:
                     outer.start_soon(_cancel_on, stop, outer.cancel_scope)
+                if job.metrics is not None and metrics_port is not None:
+                    await outer.start(run_metrics_server, job.metrics, metrics_port)
+                if job.metrics is not None and progress:
+                    await outer.start(partial(run_progress, job.metrics))
                 async with trio.open_nursery() as nursery:
                     for stage in the_plan.stages:
                         nursery.start_soon(run_stage, job, stage)
@@ -218,8 +236,8 @@ def run(
             their end offsets, repartition topics drained), after flushing
             open windows and a final checkpoint.
         processing: ``"at_least_once"`` or ``"exactly_once"``.
-        **options: ``state_dir``, ``commit_interval_ms``, ``session_timeout_ms``
-            (see ``run_async``).
+        **options: ``state_dir``, ``commit_interval_ms``, ``session_timeout_ms``,
+            ``metrics``, ``metrics_port``, ``progress`` (see ``run_async``).
 
     Raises:
         OperatorError: a user function raised and ``on_error`` is ``"stop"``.
@@ -291,13 +309,21 @@ def run_job_file(
             "1 with a log directory; serve it with `streamflow broker` and pass tcp://HOST:PORT",
         )
     load_job(path)  # fail here, once, if the job is broken
+    options.pop("progress", None)  # many processes' bars would garble the terminal
+    metrics_port = options.pop("metrics_port", None)
     command = [sys.executable, "-m", "streamflow.runtime", str(path), str(target)]
     if until_idle:
         command.append("--until-idle")
     for name, value in options.items():
         if value is not None:
             command += [f"--{name.replace('_', '-')}", str(value)]
-    children = [subprocess.Popen(command) for _ in range(processes)]
+
+    def child_command(i: int) -> list[str]:
+        if metrics_port is None:
+            return command
+        return [*command, "--metrics-port", str(metrics_port + i if metrics_port else 0)]
+
+    children = [subprocess.Popen(child_command(i)) for i in range(processes)]
 
     def forward(signum: int, _frame: object) -> None:
         for child in children:

@@ -103,9 +103,16 @@ def plain(value: Any) -> Any:
     >>> plain(Message(1, "a"))["value"]
     'a'
     """
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-    return value
+    names = _FIELD_NAMES.get(type(value))
+    if names is None:
+        if not dataclasses.is_dataclass(value) or isinstance(value, type):
+            return value
+        names = _FIELD_NAMES[type(value)] = tuple(f.name for f in dataclasses.fields(value))
+    return {name: getattr(value, name) for name in names}
+
+
+#: Field names per dataclass type seen by ``plain`` (one lookup per result, not a scan).
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
 def route(
@@ -167,9 +174,16 @@ def sink_writer(
 class TaskEngine:
     """Compiled operators of one stage for one task (one input partition index).
 
-    Not thread-safe; one task drives it. ``process`` runs one input batch,
-    ``advance`` the watermark, ``finish`` the end of a bounded run; each fills
-    ``outbox``.
+    Not thread-safe; one task drives it. ``process`` runs one input batch and
+    ``finish`` the end of a bounded run; each fills ``outbox``.
+
+    Event time: each stateful operator keeps its own watermark, the largest
+    event time among the records that reached it, moved record by record
+    inside its ``process`` (which closes windows and fires timers as it goes).
+    The engine never calls ``on_watermark`` between batches: a watermark taken
+    from records the operator did not see (filtered out, or another operator's
+    outputs) would close windows at batch boundaries, so results would depend
+    on how the input was batched and a replay after a crash could differ.
     """
 
     def __init__(
@@ -183,7 +197,6 @@ class TaskEngine:
         self.dead_letter_topic = plan.pipeline.dead_letter_topic
         self.late_topic = late_topic
         self.outbox = Outbox()
-        self.watermark = -(1 << 62)
         self.units: list[Unit] = []
         self.entries: list[list[Unit]] = []
         self._compile(layout)
@@ -267,10 +280,6 @@ class TaskEngine:
     def _push(self, unit: Unit, items: list[Item]) -> None:
         op = unit.op
         if op is not None:
-            if unit.stateful:
-                top = max(t for _, _, t in items)
-                if top > self.watermark:
-                    self.watermark = top
             try:
                 items = op.process(items)
             except StepFailed:
@@ -373,17 +382,6 @@ class TaskEngine:
             self.dead_letter_topic,
         )
         self.outbox.add((self.dead_letter_topic, 0), [item], headers)
-
-    def advance(self) -> None:
-        """Hand the task's watermark to every stateful operator (close windows)."""
-        for unit in self.units:
-            if unit.stateful and unit.op is not None:
-                try:
-                    out = unit.op.on_watermark(self.watermark)
-                except Exception as exc:
-                    raise OperatorError(unit.label, "(watermark)", self.partition, -1, exc) from exc
-                if out:
-                    self._forward_or_fail(unit, out)
 
     def finish(self) -> None:
         """Flush every operator at the end of a bounded run, in stage order."""

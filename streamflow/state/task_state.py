@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from streamflow.errors import StateStoreError
+from streamflow.failpoint import failpoint
 
 from .changelog import ChangelogWriter, changelog_topic, ensure_changelog
 from .checkpoint import Checkpoint, newest_committed
@@ -249,6 +250,7 @@ class TaskState:
             for changes in taken:
                 writer = self._writers[changes.store]
                 ends[changes.store] = await writer.append(changes.keys, changes.values)
+            failpoint("state.after_changelog")
             checkpoint = Checkpoint(
                 self.last_checkpoint.id + 1,
                 dict(input_offsets),

@@ -85,10 +85,19 @@ class CachedView:
         self._cache: dict[bytes, Any] = {}
         # key bytes -> key object, for every key changed since the last take_changes
         self._dirty: dict[bytes, Any] = {}
+        # One packer per view, reused for every key: msgpack.packb builds a new one per call.
+        self._packer = msgpack.Packer(use_bin_type=True)
+
+    def _key(self, key: Any) -> bytes:
+        try:
+            kb: bytes = self._packer.pack(key)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise NotSerializable(key, "key") from exc
+        return kb
 
     def get(self, key: Any, default: Any = None) -> Any:
         """Return the value stored under *key*, or *default*."""
-        kb = encode(key, "key")
+        kb = self._key(key)
         value = self._cache.get(kb, _ABSENT)
         if value is _ABSENT and kb not in self._cache:
             data = self._store.get(self.name, kb)
@@ -98,13 +107,13 @@ class CachedView:
 
     def put(self, key: Any, value: Any) -> None:
         """Store *value* under *key* (``None`` deletes the key)."""
-        kb = encode(key, "key")
+        kb = self._key(key)
         self._cache[kb] = _ABSENT if value is None else value
         self._dirty[kb] = key
 
     def delete(self, key: Any) -> None:
         """Remove *key* (a tombstone in the changelog)."""
-        kb = encode(key, "key")
+        kb = self._key(key)
         self._cache[kb] = _ABSENT
         self._dirty[kb] = key
 

@@ -1,12 +1,16 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import pytest
 import trio
 import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 
+import streamflow
+from streamflow import Pipeline, windows
+from streamflow.runtime import run_async
 from streamflow.runtime.metrics import (
     RATE_WINDOW,
     JobMetrics,
@@ -15,6 +19,9 @@ from streamflow.runtime.metrics import (
     run_progress,
 )
 from streamflow.state import RestoreProgress
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -145,3 +152,34 @@ async def test_progress_draws_bars_on_a_terminal(
     assert "30/40" in drawn
     assert "restore spend[0]" in drawn
     assert "5/20" in drawn
+
+
+async def test_a_run_fills_the_metrics_of_every_stage(tmp_path: Path) -> None:
+    pipeline = Pipeline("m")
+    (
+        pipeline.source("in", timestamp=lambda v: v["ts"])
+        .key_by(lambda v: v["k"])
+        .window(windows.tumbling(ms=1_000))
+        .count("per-second")
+        .sink("out")
+    )
+    values = [{"k": i % 3, "ts": i * 10} for i in range(500)]
+    values.append({"k": 0, "ts": 0})  # far behind the watermark by now: late
+    with trio.fail_after(60):
+        async with streamflow.connect(tmp_path) as client:
+            await client.create_topic("in", partitions=1)
+            async with client.producer() as producer:
+                await producer.send_many("in", values)
+        metrics = JobMetrics("m")
+        await run_async(pipeline, tmp_path, until_idle=True, metrics=metrics)
+
+    stages = metrics.stages()
+    assert (stages["s0"].records_in, stages["s0"].records_out) == (501, 501)
+    windows_closed = len({(v["k"], v["ts"] // 1_000) for v in values[:-1]})
+    assert stages["s1"].records_in == 501
+    assert stages["s1"].late_records == 1
+    assert stages["s1"].records_out == windows_closed + 1  # the late record goes to m.late
+    assert stages["s0"].lag == stages["s1"].lag == 0
+    [task] = [t for t in metrics.tasks() if t.stage == "s1"]
+    assert task.state_bytes > 0
+    assert task.restores["per-second"].finished
