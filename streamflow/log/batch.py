@@ -155,6 +155,66 @@ def pack_payload(
         raise NotSerializable(timestamp_deltas, "timestamp") from exc
 
 
+#: Values packed per msgpack call by ``pack_payload_bounded``.
+VALUE_CHUNK: Final = 1024
+
+
+def _array_header_size(n: int) -> int:
+    return 1 if n < 16 else 3 if n < 1 << 16 else 5
+
+
+def pack_payload_bounded(
+    offset_deltas: Sequence[int] | None,
+    timestamp_deltas: Sequence[int] | None,
+    keys: Sequence[Any],
+    values: Sequence[Any],
+    headers: Sequence[Headers | None] | None,
+    limit: int,
+) -> tuple[bytes, int]:
+    """Encode the payload as ``pack_payload`` does, and find a value packed larger than *limit*.
+
+    The values are packed in chunks of ``VALUE_CHUNK`` (one msgpack call each)
+    and the chunks' elements joined under one array header, which gives the
+    same bytes as packing the whole payload at once. A chunk of at most
+    *limit* bytes cannot hold a larger value, so only a bigger chunk is
+    measured value by value: the size check costs nothing on ordinary batches.
+
+    Returns:
+        The payload, and the packed size of the largest value when some value
+        is larger than *limit* (else 0).
+
+    Raises:
+        NotSerializable: as ``pack_payload``.
+
+    >>> payload, biggest = pack_payload_bounded(None, None, [1, 2], ["a", "bc"], None, 2)
+    >>> payload == pack_payload(None, None, [1, 2], ["a", "bc"], None), biggest
+    (True, 3)
+    """
+    packer = msgpack.Packer(use_bin_type=True)
+    pack = packer.pack
+    n = len(values)
+    biggest = 0
+    try:
+        parts: list[bytes | memoryview] = [
+            packer.pack_array_header(5),
+            pack(offset_deltas),
+            pack(timestamp_deltas),
+            pack(keys),
+            packer.pack_array_header(n),
+        ]
+        for i in range(0, n, VALUE_CHUNK):
+            chunk = values[i : i + VALUE_CHUNK]
+            body = memoryview(pack(chunk))[_array_header_size(len(chunk)) :]
+            if len(body) > limit:
+                biggest = max(biggest, *map(len, map(pack, chunk)))
+            parts.append(body)
+        parts.append(pack(headers))
+    except (TypeError, ValueError, OverflowError):
+        # pack_payload raises the NotSerializable that names the culprit
+        return pack_payload(offset_deltas, timestamp_deltas, keys, values, headers), 0
+    return b"".join(parts), biggest if biggest > limit else 0
+
+
 def frame(
     payload: bytes,
     *,

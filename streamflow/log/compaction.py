@@ -17,13 +17,14 @@ segments cannot change underneath.
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
 
 import msgpack
 
+from streamflow.failpoint import failpoint
+
 from .batch import frame, pack_payload
-from .durable import fsync_dir, remove_quietly
+from .durable import remove_quietly
 from .naming import TMP_SUFFIX, index_path, time_index_path
 from .segment import Segment
 
@@ -93,38 +94,39 @@ def _rewrite(segment: Segment, latest: dict[bytes, int], cutoff: int) -> tuple[l
 
 
 def _swap(segment: Segment, parts: list[bytes]) -> Segment:
-    directory, base = segment.directory, segment.base_offset
+    files, directory, base = segment.files, segment.directory, segment.base_offset
     tmp = segment.path.with_name(segment.path.name + TMP_SUFFIX)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    handle = files.open(tmp, create=True, truncate=True)
     try:
-        data = memoryview(b"".join(parts))
-        while data:
-            data = data[os.write(fd, data) :]
-        os.fsync(fd)
+        files.pwrite(handle, parts, 0)
+        files.fsync(handle)
     finally:
-        os.close(fd)
-    remove_quietly(index_path(directory, base))
-    remove_quietly(time_index_path(directory, base))
-    os.replace(tmp, segment.path)
-    fsync_dir(directory)
-    new = Segment.open(directory, base)
+        files.close(handle)
+    remove_quietly(files, index_path(directory, base))
+    remove_quietly(files, time_index_path(directory, base))
+    failpoint("log.mid_compaction_swap")
+    files.rename(tmp, segment.path)
+    files.fsync_dir(directory)
+    new = Segment.open(directory, base, files)
     new.scan(verify=False)
     new.write_indexes()
     return new
 
 
-def compact_segments(segments: Sequence[Segment], cutoff: int) -> tuple[dict[int, Segment], int]:
+def compact_segments(
+    segments: Sequence[Segment], cutoff: int, replacements: dict[int, Segment]
+) -> int:
     """Rewrite the closed *segments* that have records to drop. Blocking.
 
-    Returns the new segments by base offset (for the caller to swap into its
-    list) and the number of records removed.
+    Each rewritten segment is put into *replacements* (by base offset) as soon
+    as it is on disk, so the caller can swap in what was done even when a
+    later segment fails. Returns the number of records removed.
     """
     latest = newest_offsets(segments)
-    replacements: dict[int, Segment] = {}
     removed_total = 0
     for segment in segments:
         parts, removed = _rewrite(segment, latest, cutoff)
         if removed:
             replacements[segment.base_offset] = _swap(segment, parts)
             removed_total += removed
-    return replacements, removed_total
+    return removed_total

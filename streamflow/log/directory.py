@@ -23,10 +23,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from streamflow.errors import InvalidConfig, LogClosed, LogLocked, TopicExists, UnknownTopic
+from streamflow.errors import (
+    InvalidConfig,
+    LogClosed,
+    LogLocked,
+    StreamflowError,
+    TopicExists,
+    UnknownTopic,
+)
 
 from .config import DAY_MS, TopicConfig
-from .durable import fsync_dir, write_atomically
+from .durable import write_atomically
+from .fileio import OS_FILES
 from .naming import CONFIG_FILE, LOCK_FILE, STAGING_DIR, TOPICS_DIR, check_topic_name
 from .partition import Partition
 from .partitioner import partition_for
@@ -36,6 +44,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
     from types import TracebackType
 
+    from .fileio import FileIO
     from .record import Message
 
 
@@ -75,16 +84,25 @@ class Log:
     guards itself. Use as a context manager, or call ``close``.
     """
 
-    def __init__(self, path: Path, lock_fd: int, clock: Callable[[], int]) -> None:
+    def __init__(
+        self, path: Path, lock_fd: int, clock: Callable[[], int], files: FileIO = OS_FILES
+    ) -> None:
         self._path = path
         self._lock_fd = lock_fd
         self._clock = clock
+        self._files = files
         self._lock = threading.Lock()
         self._topics: dict[str, _Topic] = {}
         self._closed = False
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, clock: Callable[[], int] | None = None) -> Log:
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        clock: Callable[[], int] | None = None,
+        files: FileIO | None = None,
+    ) -> Log:
         """Open the log in *path*, creating the directory if missing. Blocking.
 
         Every partition is recovered (see ``recovery.py``) before this returns.
@@ -93,6 +111,8 @@ class Log:
             path: The log directory.
             clock: Returns "now" in ms since the epoch; used for record
                 timestamps, segment age, retention and fsync intervals.
+            files: The file interface partitions do their I/O through
+                (``fileio.py``); the real file system by default.
 
         Raises:
             LogLocked: if another process has the directory open.
@@ -101,7 +121,7 @@ class Log:
         root = Path(path)
         root.mkdir(parents=True, exist_ok=True)
         lock_fd = _lock_directory(root)
-        log = cls(root, lock_fd, clock or wall_clock_ms)
+        log = cls(root, lock_fd, clock or wall_clock_ms, files or OS_FILES)
         try:
             log._load()
         except BaseException:
@@ -132,7 +152,9 @@ class Log:
         partitions: list[Partition] = []
         try:
             for i in range(config.partitions):
-                partitions.append(Partition.open(name, i, base / str(i), config, self._clock))
+                partitions.append(
+                    Partition.open(name, i, base / str(i), config, self._clock, self._files)
+                )
         except BaseException:
             for p in partitions:
                 p.abandon()
@@ -208,13 +230,14 @@ class Log:
             staging = self._path / STAGING_DIR / name
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
-            write_atomically(staging / CONFIG_FILE, json.dumps(config.to_dict()).encode())
+            files = self._files
+            write_atomically(files, staging / CONFIG_FILE, json.dumps(config.to_dict()).encode())
             for i in range(config.partitions):
                 (staging / str(i)).mkdir()
-            fsync_dir(staging)
+            files.fsync_dir(staging)
             topics_dir = self._path / TOPICS_DIR
             os.rename(staging, topics_dir / name)
-            fsync_dir(topics_dir)
+            files.fsync_dir(topics_dir)
             self._topics[name] = self._open_topic(name, config)
 
     def topics(self) -> list[str]:
@@ -282,7 +305,7 @@ class Log:
             shutil.rmtree(doomed, ignore_errors=True)
             topics_dir = self._path / TOPICS_DIR
             os.rename(topics_dir / name, doomed)
-            fsync_dir(topics_dir)
+            self._files.fsync_dir(topics_dir)
             shutil.rmtree(doomed, ignore_errors=True)
 
     def partition(self, name: str, number: int) -> Partition:
@@ -384,7 +407,7 @@ class Log:
             for p in partitions:
                 try:
                     p.close()
-                except OSError as exc:
+                except (OSError, StreamflowError) as exc:
                     errors.append(exc)
             if errors:
                 raise errors[0]

@@ -1,63 +1,69 @@
 """Make file-system changes durable: atomic replace of small files, directory fsync.
 
 Blocking. Every function here is called with the owning partition's (or log's)
-lock held, so there is one writer per file at a time.
+lock held, so there is one writer per file at a time. All I/O goes through the
+``FileIO`` passed in (``fileio.py``).
 """
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
+
+from streamflow.failpoint import failpoint
 
 from .naming import TMP_SUFFIX
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from .fileio import FileIO
 
-def fsync_dir(directory: Path) -> None:
+
+def fsync_dir(files: FileIO, directory: Path) -> None:
     """Fsync *directory*, so that names created, renamed or removed in it persist.
 
     Blocking.
+
+    Raises:
+        FsyncFailed: if the fsync fails.
     """
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    files.fsync_dir(directory)
 
 
-def write_atomically(path: Path, data: bytes, *, sync: bool = True) -> None:
+def write_atomically(
+    files: FileIO,
+    path: Path,
+    data: bytes,
+    *,
+    sync: bool = True,
+    failpoint_name: str | None = None,
+) -> None:
     """Replace *path* with *data* so that a crash leaves the old or the new file.
 
     Blocking. Writes ``<path>.tmp``, fsyncs it, renames it over *path* and
     fsyncs the directory (the last two fsyncs are skipped when *sync* is False,
-    for files whose loss only costs a rebuild).
+    for files whose loss only costs a rebuild). *failpoint_name* is hit after
+    the temporary file is written, before the rename.
     """
     tmp = path.with_name(path.name + TMP_SUFFIX)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    handle = files.open(tmp, create=True, truncate=True)
     try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
+        files.pwrite(handle, [data], 0)
         if sync:
-            os.fsync(fd)
+            files.fsync(handle)
     finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        files.close(handle)
+    if failpoint_name is not None:
+        failpoint(failpoint_name)
+    files.rename(tmp, path)
     if sync:
         # fsync the directory too, or the rename can vanish in a power loss
-        fsync_dir(path.parent)
+        files.fsync_dir(path.parent)
 
 
-def remove_quietly(path: Path) -> bool:
+def remove_quietly(files: FileIO, path: Path) -> bool:
     """Remove *path* if it exists; return whether it did.
 
     Blocking.
     """
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        return False
-    return True
+    return files.unlink(path)

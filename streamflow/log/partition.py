@@ -7,6 +7,13 @@ A reader takes the segment list and the published end position under the lock
 and reads with ``os.pread`` outside it, so it sees whole batches only, never
 waits for a slow fsync of an append, and keeps reading a segment retention
 removed meanwhile. Blocking: every method does disk I/O.
+
+Disk errors: a failed write raises ``StorageError`` and nothing of it is
+acknowledged or left behind; the partition keeps going, so writes resume once
+space returns. A failed fsync (file or directory) takes the partition offline
+for good: every later write raises ``PartitionOffline`` until the log is
+reopened and recovered, because a retried fsync can succeed after the kernel
+has already dropped the data.
 """
 
 from __future__ import annotations
@@ -14,25 +21,35 @@ from __future__ import annotations
 import logging
 import threading
 from bisect import bisect_right
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final
 
 import msgpack
 
-from streamflow.errors import LogClosed, OffsetOutOfRange, RecordTooLarge
+from streamflow.errors import (
+    LogClosed,
+    OffsetOutOfRange,
+    PartitionOffline,
+    RecordTooLarge,
+    StorageError,
+)
+from streamflow.failpoint import failpoint
 
-from .batch import frame, pack_payload, parse_header
+from .batch import VALUE_CHUNK, frame, pack_payload, pack_payload_bounded, parse_header
 from .compaction import compact_segments
-from .durable import fsync_dir, write_atomically
+from .durable import write_atomically
+from .fileio import OS_FILES, FsyncFailed
 from .naming import CLEAN_SHUTDOWN_FILE, RECOVERY_POINT_FILE
 from .producers import ProducerTable, load_snapshot, write_snapshot
 from .recovery import recover
 from .segment import Segment
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterator, Sequence
     from pathlib import Path
 
     from .config import TopicConfig
+    from .fileio import FileIO
     from .record import Headers, Message, Record, RecordBatch
 
 logger = logging.getLogger("streamflow.log")
@@ -53,11 +70,15 @@ class Partition:
         segments: list[Segment],
         producers: ProducerTable,
         recovery_point: int,
+        files: FileIO = OS_FILES,
     ) -> None:
         self.topic = topic
         self.number = number
         self.directory = directory
         self.config = config
+        self.files = files
+        self.label = f"{topic}[{number}]"
+        self._failure: OSError | None = None
         self._clock = clock
         self._segments: tuple[Segment, ...] = tuple(segments)
         self._bases: tuple[int, ...] = tuple(s.base_offset for s in segments)
@@ -77,16 +98,21 @@ class Partition:
         directory: Path,
         config: TopicConfig,
         clock: Callable[[], int],
+        files: FileIO = OS_FILES,
     ) -> Partition:
         """Open (creating if needed) the partition in *directory*, recovering it. Blocking.
+
+        All file I/O goes through *files* (``fileio.py``).
 
         Raises:
             CorruptBatch: if a batch below the recovery point is damaged.
         """
         directory.mkdir(parents=True, exist_ok=True)
-        segments, recovery_point = recover(directory, f"{topic}[{number}]")
+        segments, recovery_point = recover(
+            files, directory, f"{topic}[{number}]", gaps_allowed=config.compacted
+        )
         end = segments[-1].next_offset
-        snapshot_offset, producers = load_snapshot(directory, end)
+        snapshot_offset, producers = load_snapshot(files, directory, end)
         i = max(bisect_right([s.base_offset for s in segments], snapshot_offset) - 1, 0)
         for segment in segments[i:]:
             limit = segment.size
@@ -99,7 +125,9 @@ class Partition:
                         header.last_sequence,
                         header.base_offset,
                     )
-        return cls(topic, number, directory, config, clock, segments, producers, recovery_point)
+        return cls(
+            topic, number, directory, config, clock, segments, producers, recovery_point, files
+        )
 
     # -- offsets ------------------------------------------------------------------------------
 
@@ -123,9 +151,35 @@ class Partition:
         """Return the number of segments (the last one is the active one)."""
         return len(self._segments)
 
+    @property
+    def offline(self) -> bool:
+        """Return whether a failed fsync took the partition offline."""
+        return self._failure is not None
+
     def _check_open(self) -> None:
         if self._closed:
-            raise LogClosed(f"{self.topic}[{self.number}] is closed; open the log again")
+            raise LogClosed(f"{self.label} is closed; open the log again")
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self._failure is not None:
+            raise PartitionOffline(self.label, self._failure)
+
+    @contextmanager
+    def _disk(self, what: str) -> Iterator[None]:
+        """Translate disk errors: a failed fsync takes the partition offline."""
+        try:
+            yield
+        except FsyncFailed as exc:
+            self._failure = exc
+            logger.error("%s: fsync failed in %s (%s); partition offline", self.label, what, exc)
+            raise PartitionOffline(self.label, exc) from exc
+        except OSError as exc:
+            if self._segments and self._segments[-1].dirty_tail:
+                # the partial batch could not be cut off; stop before writing after it
+                self._failure = exc
+                raise PartitionOffline(self.label, exc) from exc
+            raise StorageError(f"{what} on {self.label}", exc) from exc
 
     # -- appending ----------------------------------------------------------------------------
 
@@ -192,7 +246,7 @@ class Partition:
         if producer_id is not None and (producer_id < 0 or not 0 <= producer_epoch < 1 << 15):
             raise ValueError("append: producer_id must be >= 0 and producer_epoch in [0, 32767]")
         if n == 0:
-            self._check_open()
+            self._check_writable()
             return self.end_offset
         now = self._clock()
         if timestamps is None:
@@ -207,8 +261,8 @@ class Partition:
         if headers is not None and headers.count(None) == n:
             headers = None
         payload = self._encode(keys, values, stamps, first, low == high, headers, n)
-        with self._lock:
-            self._check_open()
+        with self._lock, self._disk("append"):
+            self._check_writable()
             skip = 0
             if producer_id is not None:
                 skip, original = self._producers.check(producer_id, producer_epoch, sequence, n)
@@ -242,16 +296,22 @@ class Partition:
         n: int,
     ) -> bytes:
         deltas = None if same_time else [t - first for t in stamps]
-        payload = pack_payload(None, deltas, keys, values, headers)
         limit = self.config.max_record_bytes
+        if n > VALUE_CHUNK:
+            # big batch: the values are sized chunk by chunk while they are encoded
+            payload, biggest = pack_payload_bounded(None, deltas, keys, values, headers, limit)
+            if biggest:
+                raise RecordTooLarge(biggest, limit, self.topic)
+            return payload
+        payload = pack_payload(None, deltas, keys, values, headers)
         if len(payload) > limit:
             if len(payload) > limit * n or n == 1:
                 raise RecordTooLarge(
                     len(payload) // n if n > 1 else len(payload), limit, self.topic
                 )
             # exact check, only for batches bigger than one record may be
-            packb = msgpack.packb
-            biggest = max(map(len, map(packb, values)))
+            pack = msgpack.Packer(use_bin_type=True).pack
+            biggest = max(map(len, map(pack, values)))
             if biggest > limit:
                 raise RecordTooLarge(biggest, limit, self.topic)
         return payload
@@ -294,10 +354,12 @@ class Partition:
         if producer_id is not None:
             last_sequence = base_sequence + n - 1 if base_sequence >= 0 else -1
             self._producers.record(producer_id, producer_epoch, base_sequence, last_sequence, base)
+        failpoint("log.after_write")
         policy = self.config.fsync
         if policy == "always":
             active.flush()
             self._recovery_point = active.next_offset
+            failpoint("log.after_fsync")
         elif policy == "interval" and self._clock() - self._last_sync_ms >= self.config.flush_ms:
             self._flush_locked()
         return base
@@ -306,8 +368,8 @@ class Partition:
 
     def roll(self) -> None:
         """Close the active segment and start a new one (no-op if it is empty). Blocking."""
-        with self._lock:
-            self._check_open()
+        with self._lock, self._disk("roll"):
+            self._check_writable()
             if self._segments[-1].size > 0:
                 self._roll()
 
@@ -315,18 +377,19 @@ class Partition:
         old = self._segments[-1]
         old.flush()
         old.write_indexes()
-        new = Segment.create(self.directory, old.next_offset)
+        new = Segment.create(self.directory, old.next_offset, self.files)
         # copy-on-write: readers keep the tuple they took
         self._segments = (*self._segments, new)
         self._bases = (*self._bases, new.base_offset)
-        write_snapshot(self.directory, self._producers, new.base_offset)
+        failpoint("log.mid_roll")
+        write_snapshot(self.files, self.directory, self._producers, new.base_offset)
         self._recovery_point = new.base_offset
         self._save_recovery_point()
 
     def _save_recovery_point(self) -> None:
         if self._recovery_point != self._saved_recovery_point:
             point = self._recovery_point
-            write_atomically(self.directory / RECOVERY_POINT_FILE, msgpack.packb(point))
+            write_atomically(self.files, self.directory / RECOVERY_POINT_FILE, msgpack.packb(point))
             self._saved_recovery_point = point
 
     def _flush_locked(self) -> None:
@@ -337,8 +400,8 @@ class Partition:
 
     def flush(self) -> None:
         """Fsync everything appended so far and save the recovery point. Blocking."""
-        with self._lock:
-            self._check_open()
+        with self._lock, self._disk("flush"):
+            self._check_writable()
             self._flush_locked()
             self._save_recovery_point()
 
@@ -347,8 +410,8 @@ class Partition:
 
         Returns whether an fsync ran.
         """
-        with self._lock:
-            if self._closed:
+        with self._lock, self._disk("fsync"):
+            if self._closed or self._failure is not None:
                 return False
             synced = False
             if (
@@ -456,8 +519,8 @@ class Partition:
         config = self.config
         if not config.deletes:
             return 0
-        with self._clean_lock, self._lock:
-            if self._closed:
+        with self._clean_lock, self._lock, self._disk("retention"):
+            if self._closed or self._failure is not None:
                 return 0
             deleted = 0
             size = self.size_bytes
@@ -475,14 +538,15 @@ class Partition:
                 )
                 if not (expired or too_big):
                     break
-                oldest.delete()
-                size -= oldest.size
+                # drop it from the list first: its .log may be gone even if a later step fails
                 segments = segments[1:]
-                deleted += 1
-            if deleted:
                 self._segments = segments
-                self._bases = self._bases[deleted:]
-                fsync_dir(self.directory)
+                self._bases = self._bases[1:]
+                size -= oldest.size
+                deleted += 1
+                oldest.delete("log.mid_retention_delete")
+            if deleted:
+                self.files.fsync_dir(self.directory)
             return deleted
 
     def compact(self, now_ms: int) -> int:
@@ -497,16 +561,22 @@ class Partition:
             with self._lock:
                 self._check_open()
                 closed = self._segments[:-1]
+                if self._failure is not None:
+                    return 0
             if not closed:
                 return 0
             cutoff = now_ms - self.config.delete_retention_ms
-            replacements, removed = compact_segments(closed, cutoff)
-            if replacements:
-                with self._lock:
-                    self._segments = tuple(
-                        replacements.get(s.base_offset, s) for s in self._segments
-                    )
-            return removed
+            replacements: dict[int, Segment] = {}
+            try:
+                with self._disk("compaction"):
+                    return compact_segments(closed, cutoff, replacements)
+            finally:
+                # swap in whatever was rewritten, even when a later segment failed
+                if replacements:
+                    with self._lock:
+                        self._segments = tuple(
+                            replacements.get(s.base_offset, s) for s in self._segments
+                        )
 
     # -- closing -------------------------------------------------------------------------------
 
@@ -516,20 +586,27 @@ class Partition:
             if self._closed:
                 return
             self._closed = True
-            active = self._segments[-1]
-            active.flush()
-            active.write_indexes()
-            write_snapshot(self.directory, self._producers, active.next_offset)
-            self._recovery_point = active.next_offset
-            self._save_recovery_point()
-            marker = {
-                "base_offset": active.base_offset,
-                "size": active.size,
-                "last_position": active.last_batch_position,
-                "end_offset": active.next_offset,
-            }
-            write_atomically(self.directory / CLEAN_SHUTDOWN_FILE, msgpack.packb(marker))
-            self._release()
+            try:
+                if self._failure is None:
+                    with self._disk("close"):
+                        self._close_files()
+            finally:
+                self._release()
+
+    def _close_files(self) -> None:
+        active = self._segments[-1]
+        active.flush()
+        active.write_indexes()
+        write_snapshot(self.files, self.directory, self._producers, active.next_offset)
+        self._recovery_point = active.next_offset
+        self._save_recovery_point()
+        marker = {
+            "base_offset": active.base_offset,
+            "size": active.size,
+            "last_position": active.last_batch_position,
+            "end_offset": active.next_offset,
+        }
+        write_atomically(self.files, self.directory / CLEAN_SHUTDOWN_FILE, msgpack.packb(marker))
 
     def abandon(self) -> None:
         """Drop the partition without any closing writes, as a killed process would."""

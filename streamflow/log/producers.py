@@ -15,7 +15,6 @@ roll and at close. A snapshot holds the state of every batch below ``offset``::
 from __future__ import annotations
 
 import logging
-import os
 import struct
 import zlib
 from collections import deque
@@ -31,6 +30,8 @@ from .naming import PRODUCERS_SUFFIX, parse_stem, producers_path
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from .fileio import FileIO
 
 logger = logging.getLogger("streamflow.log")
 
@@ -132,37 +133,41 @@ class ProducerTable:
             return None
 
 
-def snapshot_offsets(directory: Path) -> list[int]:
+def snapshot_offsets(files: FileIO, directory: Path) -> list[int]:
     """Return the offsets of the snapshots in *directory*, oldest first.
 
     Blocking.
     """
-    found = (parse_stem(name, PRODUCERS_SUFFIX) for name in os.listdir(directory))
+    found = (parse_stem(name, PRODUCERS_SUFFIX) for name in files.listdir(directory))
     return sorted(o for o in found if o is not None)
 
 
-def write_snapshot(directory: Path, table: ProducerTable, offset: int) -> None:
+def write_snapshot(files: FileIO, directory: Path, table: ProducerTable, offset: int) -> None:
     """Save *table* as the snapshot at *offset* and drop all but the newest few.
 
     Blocking.
     """
-    write_atomically(producers_path(directory, offset), table.encode(offset))
-    for old in snapshot_offsets(directory)[:-KEEP_SNAPSHOTS]:
-        remove_quietly(producers_path(directory, old))
+    write_atomically(
+        files,
+        producers_path(directory, offset),
+        table.encode(offset),
+        failpoint_name="log.mid_snapshot_write",
+    )
+    for old in snapshot_offsets(files, directory)[:-KEEP_SNAPSHOTS]:
+        remove_quietly(files, producers_path(directory, old))
 
 
-def load_snapshot(directory: Path, end_offset: int) -> tuple[int, ProducerTable]:
+def load_snapshot(files: FileIO, directory: Path, end_offset: int) -> tuple[int, ProducerTable]:
     """Return the newest usable snapshot at or below *end_offset*, else ``(0, empty)``.
 
     Blocking. Snapshots above *end_offset* (left by a truncated tail) are removed.
     """
-    for offset in reversed(snapshot_offsets(directory)):
+    for offset in reversed(snapshot_offsets(files, directory)):
         path = producers_path(directory, offset)
         if offset > end_offset:
-            remove_quietly(path)
+            remove_quietly(files, path)
             continue
-        with open(path, "rb") as f:
-            parsed = ProducerTable.decode(f.read())
+        parsed = ProducerTable.decode(files.read_file(path))
         if parsed is not None and parsed[0] == offset:
             return parsed
         logger.info("producer snapshot %s is damaged; using an older one", path)

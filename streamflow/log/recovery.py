@@ -21,14 +21,13 @@ finds nothing to truncate.
 from __future__ import annotations
 
 import logging
-import os
 from typing import TYPE_CHECKING
 
 import msgpack
 
 from streamflow.errors import CorruptBatch
 
-from .durable import fsync_dir, remove_quietly
+from .durable import remove_quietly, write_atomically
 from .naming import (
     CLEAN_SHUTDOWN_FILE,
     INDEX_SUFFIX,
@@ -43,37 +42,38 @@ from .segment import Segment
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from .fileio import FileIO
+
 logger = logging.getLogger("streamflow.log")
 
 
-def clear_leftovers(directory: Path) -> list[int]:
+def clear_leftovers(files: FileIO, directory: Path) -> list[int]:
     """Remove temporary files and orphaned indexes; return the segment base offsets.
 
     Blocking.
     """
-    names = os.listdir(directory)
+    names = files.listdir(directory)
     found = (parse_stem(n, LOG_SUFFIX) for n in names)
     bases = sorted(b for b in found if b is not None)
     kept = set(bases)
     for name in names:
         if name.endswith(TMP_SUFFIX):
-            remove_quietly(directory / name)
+            remove_quietly(files, directory / name)
             continue
         for suffix in (INDEX_SUFFIX, TIME_INDEX_SUFFIX):
             base = parse_stem(name, suffix)
             if base is not None and base not in kept:
-                remove_quietly(directory / name)
+                remove_quietly(files, directory / name)
     return bases
 
 
-def read_small(path: Path) -> object:
+def read_small(files: FileIO, path: Path) -> object:
     """Return the msgpack value stored in *path*, or None if missing or unreadable.
 
     Blocking.
     """
     try:
-        with open(path, "rb") as f:
-            return msgpack.unpackb(f.read(), raw=False)
+        return msgpack.unpackb(files.read_file(path), raw=False)
     except FileNotFoundError:
         return None
     except Exception:  # a damaged small file only costs a longer recovery
@@ -106,27 +106,45 @@ def _open_clean(segments: list[Segment], marker: object, label: str) -> bool:
     return active.last_batch_ok()
 
 
-def recover(directory: Path, label: str) -> tuple[list[Segment], int]:
+def _check_contiguous(segments: list[Segment]) -> None:
+    """Raise if a closed segment ends before the next one starts (records missing)."""
+    for segment, after in zip(segments, segments[1:], strict=False):
+        if segment.next_offset != after.base_offset:
+            raise CorruptBatch(
+                segment.path,
+                segment.size,
+                f"segment ends at offset {segment.next_offset} but the next one starts at "
+                f"{after.base_offset} (records are missing)",
+            )
+
+
+def recover(
+    files: FileIO, directory: Path, label: str, *, gaps_allowed: bool = False
+) -> tuple[list[Segment], int]:
     """Open the segments of a partition directory, recovering as the module says.
 
     Blocking. Returns the segments (oldest first, the last one active) and the
-    recovery point.
+    recovery point. Unless *gaps_allowed* (compacted topics, where a closed
+    segment may lose its last records), a closed segment must end where the
+    next one starts.
 
     Raises:
         CorruptBatch: if a batch below the recovery point is damaged and valid
-            data follows it.
+            data follows it, or a closed segment lost records at its end.
     """
-    bases = clear_leftovers(directory)
+    bases = clear_leftovers(files, directory)
     marker_path = directory / CLEAN_SHUTDOWN_FILE
-    marker = read_small(marker_path)
-    if remove_quietly(marker_path):
-        fsync_dir(directory)
-    point = read_small(directory / RECOVERY_POINT_FILE)
+    marker = read_small(files, marker_path)
+    if remove_quietly(files, marker_path):
+        files.fsync_dir(directory)
+    point = read_small(files, directory / RECOVERY_POINT_FILE)
     recovery_point = point if isinstance(point, int) and point >= 0 else 0
     if not bases:
-        return [Segment.create(directory, 0)], 0
-    segments = [Segment.open(directory, base) for base in bases]
+        return [Segment.create(directory, 0, files)], 0
+    segments = [Segment.open(directory, base, files) for base in bases]
     if _open_clean(segments, marker, label):
+        if not gaps_allowed:
+            _check_contiguous(segments)
         return segments, min(recovery_point, segments[-1].next_offset)
     first = 0
     for i, segment in enumerate(segments):
@@ -134,6 +152,7 @@ def recover(directory: Path, label: str) -> tuple[list[Segment], int]:
             first = i
     for segment in segments[:first]:
         _load_or_rebuild(segment, label)
+    truncated = False
     for k in range(first, len(segments)):
         segment = segments[k]
         result = segment.scan(verify=True)
@@ -157,6 +176,24 @@ def recover(directory: Path, label: str) -> tuple[list[Segment], int]:
             stale.delete()
             stale.close()
         del segments[k + 1 :]
-        fsync_dir(directory)
+        files.fsync_dir(directory)
+        truncated = True
         break
-    return segments, min(recovery_point, segments[-1].next_offset)
+    if not gaps_allowed:
+        _check_contiguous(segments)
+    end = segments[-1].next_offset
+    if recovery_point > end and not truncated:
+        logger.warning(
+            "%s: the log ends at offset %d, below its recovery point %d: records that "
+            "were fsynced are missing from %s",
+            label,
+            end,
+            recovery_point,
+            segments[-1].path,
+        )
+    if recovery_point > end:
+        # a stale, higher point would make a later torn tail below it look like
+        # corruption in the middle of the log
+        write_atomically(files, directory / RECOVERY_POINT_FILE, msgpack.packb(end))
+        recovery_point = end
+    return segments, recovery_point

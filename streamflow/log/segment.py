@@ -5,22 +5,26 @@ derived indexes (``index.py``). Blocking.
 
 Concurrency: appends, truncation and index writes happen under the owning
 partition's lock, one writer at a time. Reads are safe from many threads at
-once: they ``os.pread`` the segment's own file descriptor up to a byte limit
-the caller took under that lock, so they only ever see whole batches. The file
-descriptor stays open until the ``Segment`` object is garbage, so a reader that
-holds a segment keeps reading it even after retention deleted the file or
-compaction replaced it.
+once: they ``pread`` the segment's own file handle up to a byte limit the
+caller took under that lock, so they only ever see whole batches. The handle
+stays open until the ``Segment`` object is garbage, so a reader that holds a
+segment keeps reading it even after retention deleted the file or compaction
+replaced it. All I/O goes through the partition's ``FileIO`` (``fileio.py``).
+
+A failed append cuts its partial batch off again, so a full disk leaves no
+garbage between batches; if even that cut fails, ``dirty_tail`` is set and
+the owner must stop writing to the segment.
 """
 
 from __future__ import annotations
 
-import os
 import weakref
 from bisect import bisect_left
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from streamflow.errors import CorruptBatch
+from streamflow.failpoint import failpoint
 
 from .batch import (
     HEADER_SIZE,
@@ -30,7 +34,8 @@ from .batch import (
     looks_valid,
     parse_header,
 )
-from .durable import fsync_dir, remove_quietly, write_atomically
+from .durable import remove_quietly, write_atomically
+from .fileio import OS_FILES
 from .index import INDEX_INTERVAL_BYTES, OffsetIndex, TimeIndex
 from .naming import TMP_SUFFIX, index_path, log_path, time_index_path
 from .record import RecordBatch
@@ -38,6 +43,8 @@ from .record import RecordBatch
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from pathlib import Path
+
+    from .fileio import FileIO
 
 NO_TIMESTAMP: Final = -(1 << 63)
 READ_CHUNK: Final = 64 << 10
@@ -57,10 +64,11 @@ class ScanResult:
 class _Window:
     """A pread-backed window over a file, refilled in chunks."""
 
-    __slots__ = ("fd", "limit", "chunk", "buf", "start")
+    __slots__ = ("files", "handle", "limit", "chunk", "buf", "start")
 
-    def __init__(self, fd: int, limit: int, chunk: int) -> None:
-        self.fd = fd
+    def __init__(self, files: FileIO, handle: int, limit: int, chunk: int) -> None:
+        self.files = files
+        self.handle = handle
         self.limit = limit
         self.chunk = chunk
         self.buf = b""
@@ -72,7 +80,7 @@ class _Window:
             return None
         if position < self.start or position + n > self.start + len(self.buf):
             want = min(max(n, self.chunk), self.limit - position)
-            self.buf = os.pread(self.fd, want, position)
+            self.buf = self.files.pread(self.handle, want, position)
             self.start = position
             if len(self.buf) < n:
                 return None
@@ -93,11 +101,15 @@ def slice_batch(batch: RecordBatch, i: int, j: int) -> RecordBatch:
 class Segment:
     """One segment file and its indexes (concurrency contract: module docstring)."""
 
-    def __init__(self, directory: Path, base_offset: int, fd: int) -> None:
+    def __init__(
+        self, directory: Path, base_offset: int, handle: int, files: FileIO = OS_FILES
+    ) -> None:
         self.directory = directory
         self.base_offset = base_offset
         self.path = log_path(directory, base_offset)
-        self.fd = fd
+        self.files = files
+        self.handle = handle
+        self.dirty_tail = False
         self.size = 0
         self.next_offset = base_offset
         self.max_timestamp = NO_TIMESTAMP
@@ -105,33 +117,33 @@ class Segment:
         self.last_batch_position = -1
         self.index = OffsetIndex(base_offset)
         self.time_index = TimeIndex(base_offset)
-        self._close = weakref.finalize(self, os.close, fd)
+        self._close = weakref.finalize(self, files.close, handle)
 
     @classmethod
-    def create(cls, directory: Path, base_offset: int) -> Segment:
+    def create(cls, directory: Path, base_offset: int, files: FileIO = OS_FILES) -> Segment:
         """Create an empty segment file at *base_offset*, durably. Blocking."""
         path = log_path(directory, base_offset)
         tmp = path.with_name(path.name + TMP_SUFFIX)
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        handle = files.open(tmp, create=True, truncate=True)
         try:
-            os.fsync(fd)
-            os.replace(tmp, path)
+            files.fsync(handle)
+            files.rename(tmp, path)
             for stale in (
                 index_path(directory, base_offset),
                 time_index_path(directory, base_offset),
             ):
-                remove_quietly(stale)
-            fsync_dir(directory)
+                remove_quietly(files, stale)
+            files.fsync_dir(directory)
         except BaseException:
-            os.close(fd)
+            files.close(handle)
             raise
-        return cls(directory, base_offset, fd)
+        return cls(directory, base_offset, handle, files)
 
     @classmethod
-    def open(cls, directory: Path, base_offset: int) -> Segment:
+    def open(cls, directory: Path, base_offset: int, files: FileIO = OS_FILES) -> Segment:
         """Open an existing segment file; its indexes are not loaded yet. Blocking."""
-        fd = os.open(log_path(directory, base_offset), os.O_RDWR)
-        return cls(directory, base_offset, fd)
+        handle = files.open(log_path(directory, base_offset))
+        return cls(directory, base_offset, handle, files)
 
     def close(self) -> None:
         """Close the file descriptor now (only when no reader can hold the segment)."""
@@ -140,7 +152,7 @@ class Segment:
     @property
     def file_size(self) -> int:
         """Return the file's size on disk. Blocking."""
-        return os.fstat(self.fd).st_size
+        return self.files.size(self.handle)
 
     # -- writing (partition lock held) ---------------------------------------------------
 
@@ -162,43 +174,53 @@ class Segment:
     def append(self, header_bytes: bytes, payload: bytes, header: BatchHeader) -> None:
         """Write one framed batch at the end of the file and publish it. Blocking."""
         position = self.size
-        parts = [memoryview(header_bytes), memoryview(payload)]
-        written_at = position
-        while parts:
-            n = os.pwritev(self.fd, parts, written_at)
-            written_at += n
-            while parts and n >= len(parts[0]):
-                n -= len(parts[0])
-                parts.pop(0)
-            if parts and n:
-                parts[0] = parts[0][n:]
+        try:
+            self.files.pwrite(self.handle, [header_bytes, payload], position)
+        except OSError:
+            # cut the partial batch off, or a later batch would sit behind garbage
+            try:
+                self.files.truncate(self.handle, position)
+            except OSError:
+                self.dirty_tail = True
+            raise
         self.track(position, header)
 
     def flush(self) -> None:
-        """Fsync the segment's data. Blocking."""
-        os.fdatasync(self.fd)
+        """Fsync the segment's data. Blocking.
+
+        Raises:
+            FsyncFailed: if the fsync fails (fatal for the segment's partition).
+        """
+        self.files.fsync(self.handle)
 
     def write_indexes(self) -> None:
         """Write the ``.index`` and ``.timeindex`` files from memory. Blocking."""
-        write_atomically(index_path(self.directory, self.base_offset), self.index.encode())
+        files = self.files
+        write_atomically(files, index_path(self.directory, self.base_offset), self.index.encode())
+        failpoint("log.mid_index_write")
         write_atomically(
-            time_index_path(self.directory, self.base_offset), self.time_index.encode()
+            files, time_index_path(self.directory, self.base_offset), self.time_index.encode()
         )
 
     def truncate(self, position: int) -> None:
         """Cut the file at *position* (a batch boundary found by ``scan``). Blocking."""
-        os.ftruncate(self.fd, position)
-        os.fsync(self.fd)
+        self.files.truncate(self.handle, position)
+        self.files.fsync(self.handle)
         self.index.truncate(position)
         self.time_index.truncate(self.next_offset)
         self.size = position
 
-    def delete(self) -> None:
-        """Remove the segment's files; open readers keep their view. Blocking."""
+    def delete(self, failpoint_name: str | None = None) -> None:
+        """Remove the segment's files; open readers keep their view. Blocking.
+
+        *failpoint_name* is hit after the ``.log`` is removed, before the indexes.
+        """
         # the .log first: an index left without its log is cleaned at open
-        remove_quietly(self.path)
-        remove_quietly(index_path(self.directory, self.base_offset))
-        remove_quietly(time_index_path(self.directory, self.base_offset))
+        remove_quietly(self.files, self.path)
+        if failpoint_name is not None:
+            failpoint(failpoint_name)
+        remove_quietly(self.files, index_path(self.directory, self.base_offset))
+        remove_quietly(self.files, time_index_path(self.directory, self.base_offset))
 
     # -- validation -----------------------------------------------------------------------
 
@@ -229,7 +251,7 @@ class Segment:
         if start == 0:
             self._reset()
         file_size = self.file_size
-        window = _Window(self.fd, file_size, SCAN_CHUNK)
+        window = _Window(self.files, self.handle, file_size, SCAN_CHUNK)
         position = start
         while position < file_size:
             got = window.get(position, HEADER_SIZE)
@@ -258,10 +280,8 @@ class Segment:
         missing or does not match the log; the caller then rebuilds with ``scan``.
         """
         try:
-            with open(index_path(self.directory, self.base_offset), "rb") as f:
-                index_data = f.read()
-            with open(time_index_path(self.directory, self.base_offset), "rb") as f:
-                time_data = f.read()
+            index_data = self.files.read_file(index_path(self.directory, self.base_offset))
+            time_data = self.files.read_file(time_index_path(self.directory, self.base_offset))
         except FileNotFoundError:
             return False
         file_size = self.file_size
@@ -273,7 +293,7 @@ class Segment:
             return file_size == 0
         # the last entry must land on a batch with its offset; the tail after it is scanned
         last_offset, last_position = index.offsets[-1], index.positions[-1]
-        head = os.pread(self.fd, HEADER_SIZE, last_position)
+        head = self.files.pread(self.handle, HEADER_SIZE, last_position)
         if len(head) < HEADER_SIZE:
             return False
         header = parse_header(head)
@@ -282,7 +302,7 @@ class Segment:
         time_index = TimeIndex.decode(self.base_offset, time_data, header.next_offset)
         if time_index is None:
             return False
-        first = parse_header(os.pread(self.fd, HEADER_SIZE, 0))
+        first = parse_header(self.files.pread(self.handle, HEADER_SIZE, 0))
         self.index = index
         self.time_index = time_index
         self.first_max_timestamp = first.max_timestamp
@@ -302,7 +322,7 @@ class Segment:
     ) -> Iterator[tuple[int, BatchHeader, _Window]]:
         """Yield ``(position, header, window)`` for batches that may hold offsets >= *offset*."""
         entry_offset, position = self.index.lookup(offset)
-        window = _Window(self.fd, limit, chunk)
+        window = _Window(self.files, self.handle, limit, chunk)
         checked = False
         while position < limit:
             got = window.get(position, HEADER_SIZE)
@@ -369,7 +389,7 @@ class Segment:
         position = self.last_batch_position
         if position < 0:
             return True
-        window = _Window(self.fd, self.size, READ_CHUNK)
+        window = _Window(self.files, self.handle, self.size, READ_CHUNK)
         got = window.get(position, HEADER_SIZE)
         if got is None:
             return False
