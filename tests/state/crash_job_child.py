@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 import sys
-from typing import Any
+from typing import Any, Literal
 
 import streamflow
 from streamflow import Pipeline, windows
@@ -52,7 +52,10 @@ def pipeline() -> Pipeline:
 
 
 if __name__ == "__main__":
+    mode: Literal["at_least_once", "exactly_once"] = (
+        "exactly_once" if sys.argv[2] == "exactly_once" else "at_least_once"
+    )
     streamflow.run(
-        pipeline(), sys.argv[1], until_idle=True, processing=sys.argv[2], commit_interval_ms=100
+        pipeline(), sys.argv[1], until_idle=True, processing=mode, commit_interval_ms=100
     )
     print("DONE", flush=True)
