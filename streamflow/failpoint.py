@@ -34,6 +34,7 @@ NAMES: Final[dict[str, str]] = {
     "log.mid_retention_delete": "one old segment's .log is removed, its indexes are not",
     "log.mid_compaction_swap": "a compacted .log.tmp is fsynced, the indexes are removed, "
     "the rename has not happened",
+    "broker.after_append": "the broker stored a batch and has not answered the producer yet",
     "runtime.before_output": "a task processed a batch (state changed in memory), "
     "no output of it is appended",
     "runtime.mid_output": "a batch's outputs are appended to one destination partition, "

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
@@ -88,10 +88,13 @@ def test_status_prints_topic_offsets_and_group_lag_of_a_directory(tmp_path: Path
     topic_rows = {tuple(line.split()[:4]) for line in lines if line.startswith("payments")}
     assert topic_rows == {("payments", str(p), "0", str(end)) for p, end in ends.items()}
     assert any(line.split()[:4] == ["alerts", "0", "0", "0"] for line in lines)
-    group_rows = [line.split() for line in lines if line.startswith("fraud.s0")]
+    rows = [line.split() for line in lines if line.startswith("fraud.s0")]
+    # Membership lives in the process serving the log; this one has commits only.
+    assert ["fraud.s0", "empty", "0", "-", "-"] in rows
     # Everything was read and committed: committed == end, lag 0, on every partition.
-    assert sorted(group_rows) == [
-        ["fraud.s0", "payments", str(p), str(end), str(end), "0"] for p, end in sorted(ends.items())
+    assert sorted(row for row in rows if row[1] == "payments") == [
+        ["fraud.s0", "payments", str(p), str(end), str(end), "0", "-"]
+        for p, end in sorted(ends.items())
     ]
 
 
@@ -113,6 +116,53 @@ def test_status_json_over_a_broker_reports_lag_per_partition(tmp_path: Path, bro
         assert row["end_offset"] == ends[row["partition"]]
         assert row["lag"] == ends[row["partition"]] - row["committed"]
     assert group["lag"] == 60 - 25
+
+
+async def test_status_shows_the_members_of_a_live_group_and_their_partitions(
+    tmp_path: Path, broker: str
+) -> None:
+    options: dict[str, Any] = {"session_timeout_ms": 3_000, "heartbeat_interval_ms": 100}
+    await fill(broker, 30, 10)
+    with trio.fail_after(60):
+        async with (
+            streamflow.connect(broker) as client,
+            client.consumer("payments", group="fraud.s0", **options) as a,
+            client.consumer("payments", group="fraud.s0", **options) as b,
+        ):
+            async for change in a.assignments():  # a rejoins once it hears of b
+                if change.partitions and len(change.partitions) < 3:
+                    break
+            table = await trio.to_thread.run_sync(
+                lambda: streamflow_cli("status", "--broker", broker, cwd=tmp_path)
+            )
+            shown = await trio.to_thread.run_sync(
+                lambda: streamflow_cli("status", "--broker", broker, "--json", cwd=tmp_path)
+            )
+            owners = {tp[1]: c.member_id for c in (a, b) for tp in c.assignment()}
+            generation = b.generation
+
+    assert table.returncode == 0, table.stderr
+    members = {
+        row[3]: row[4]
+        for row in (line.split() for line in table.stdout.splitlines())
+        if row[:3] == ["fraud.s0", "stable", str(generation)]
+    }
+    owned = {
+        member_id: sorted(p for p, m in owners.items() if m == member_id)
+        for member_id in set(owners.values())
+    }
+    assert members == {m: "payments[" + ",".join(map(str, ps)) + "]" for m, ps in owned.items()}
+    lag_rows = [
+        line.split() for line in table.stdout.splitlines() if line.startswith("fraud.s0  payments")
+    ]
+    assert lag_rows
+    assert all(row[6] == owners[int(row[2])] for row in lag_rows)
+    [group] = json.loads(shown.stdout)["groups"]
+    assert (group["state"], group["generation"]) == ("stable", generation)
+    assert {
+        m["member_id"]: sorted(p for _, p in m["partitions"]) for m in group["members"]
+    } == owned
+    assert all(row["owner"] == owners[row["partition"]] for row in group["partitions"])
 
 
 def test_top_once_shows_records_and_lag(tmp_path: Path, broker: str) -> None:

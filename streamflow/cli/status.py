@@ -1,12 +1,16 @@
 """Define ``streamflow status`` and ``top``: topics, consumer groups and their lag.
 
 Both read through the client's ``Transport``, so they work the same on a log
-directory and on a broker: topic offsets and sizes from ``describe``, and the
+directory and on a broker: topic offsets and sizes from ``describe``, the
 committed offsets of every group from the internal compacted topic
 ``__consumer_offsets`` (key ``[group, topic, partition]``, value ``[offset,
-metadata]``; the newest commit per key wins). A group's lag on a partition is
-``end_offset - committed``. ``top`` samples twice per refresh and shows rates:
-records appended per second per topic, records committed per second per group.
+metadata]``; the newest commit per key wins), and each group's members, their
+assignment, generation and state from ``describe_group``. A group's lag on a
+partition is ``end_offset - committed``. Group membership lives in the process
+that serves the log, so a log directory opened by ``status`` itself shows
+groups as ``empty``; a broker shows the live members. ``top`` samples twice
+per refresh and shows rates: records appended per second per topic, records
+committed per second per group.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ if TYPE_CHECKING:
     from rich.console import RenderableType
 
     from streamflow.log import PartitionInfo, Transport
+    from streamflow.log.transport import MemberDescription
 
 OFFSETS_TOPIC: Final = "__consumer_offsets"
 FETCH_BYTES: Final = 4 << 20
@@ -61,6 +66,7 @@ class PartitionLag:
     partition: int
     committed: int
     end_offset: int
+    owner: str | None = None
 
     @property
     def lag(self) -> int:
@@ -70,10 +76,17 @@ class PartitionLag:
 
 @dataclass(frozen=True, slots=True)
 class GroupStatus:
-    """A consumer group (a job's stage is the group ``<pipeline>.<stage>``)."""
+    """A consumer group (a job's stage is the group ``<pipeline>.<stage>``).
+
+    ``state`` and ``generation`` are those of ``GroupDescription``; ``members``
+    lists each member with the partitions it owns now.
+    """
 
     name: str
     partitions: list[PartitionLag] = field(default_factory=list)
+    state: str = "empty"
+    generation: int = 0
+    members: list[MemberDescription] = field(default_factory=list)
 
     @property
     def lag(self) -> int:
@@ -107,6 +120,16 @@ class Status:
             "groups": [
                 {
                     "name": g.name,
+                    "state": g.state,
+                    "generation": g.generation,
+                    "members": [
+                        {
+                            "member_id": m.member_id,
+                            "topics": list(m.topics),
+                            "partitions": [list(tp) for tp in m.partitions],
+                        }
+                        for m in g.members
+                    ],
                     "lag": g.lag,
                     "partitions": [dataclasses.asdict(p) | {"lag": p.lag} for p in g.partitions],
                 }
@@ -146,7 +169,7 @@ async def read_commits(transport: Transport) -> dict[tuple[str, str, int], int]:
 
 
 async def collect_status(transport: Transport) -> Status:
-    """Describe every topic and compute every group's lag per partition."""
+    """Describe every topic and group, and compute every group's lag per partition."""
     topics: list[TopicStatus] = []
     ends: dict[tuple[str, int], int] = {}
     for name in await transport.topics():
@@ -164,22 +187,37 @@ async def collect_status(transport: Transport) -> Status:
         end = ends.get((topic, partition))
         if end is not None:  # a deleted topic's old commits are not lag
             by_group.setdefault(group, []).append(PartitionLag(topic, partition, committed, end))
-    groups = [GroupStatus(name, rows) for name, rows in sorted(by_group.items())]
+    groups = []
+    for name in sorted(set(by_group) | set(await transport.list_groups())):
+        described = await transport.describe_group(name)
+        owners = {tp: m.member_id for m in described.members for tp in m.partitions}
+        rows = [
+            dataclasses.replace(row, owner=owners.get((row.topic, row.partition)))
+            for row in by_group.get(name, [])
+        ]
+        groups.append(
+            GroupStatus(name, rows, described.state, described.generation, described.members)
+        )
     return Status(topics, groups)
 
 
 def format_status(status: Status) -> str:
-    """Return *status* as two plain-text tables, topics then groups.
+    """Return *status* as three plain-text tables: topics, group members, group lag.
 
     >>> from streamflow.log import PartitionInfo
+    >>> from streamflow.log.transport import MemberDescription
+    >>> member = MemberDescription("g-1", ["t"], [("t", 0), ("t", 1)])
     >>> s = Status([TopicStatus("t", [PartitionInfo(0, 0, 5, 300)])],
-    ...            [GroupStatus("g", [PartitionLag("t", 0, 3, 5)])])
+    ...            [GroupStatus("g", [PartitionLag("t", 0, 3, 5, "g-1")], "stable", 2, [member])])
     >>> print(format_status(s))
     TOPIC  PARTITION  START_OFFSET  END_OFFSET  SIZE
     t              0             0           5  300 B
     <BLANKLINE>
-    GROUP  TOPIC  PARTITION  COMMITTED  END_OFFSET  LAG
-    g      t              0          3           5    2
+    GROUP  STATE   GENERATION  MEMBER  ASSIGNMENT
+    g      stable           2  g-1     t[0,1]
+    <BLANKLINE>
+    GROUP  TOPIC  PARTITION  COMMITTED  END_OFFSET  LAG  OWNER
+    g      t              0          3           5    2  g-1
     """
     from .topics import format_bytes
 
@@ -197,10 +235,27 @@ def format_status(status: Status) -> str:
             )
     lines = _table(topic_rows, right={1, 2, 3}) if status.topics else ["no topics"]
     lines.append("")
-    group_rows = [("GROUP", "TOPIC", "PARTITION", "COMMITTED", "END_OFFSET", "LAG")]
+    if not status.groups:
+        lines.append("no consumer groups")
+        return "\n".join(lines)
+    member_rows = [("GROUP", "STATE", "GENERATION", "MEMBER", "ASSIGNMENT")]
+    for g in status.groups:
+        listed: list[MemberDescription | None] = list(g.members) or [None]
+        for m in listed:
+            member_rows.append(
+                (
+                    g.name,
+                    g.state,
+                    str(g.generation),
+                    "-" if m is None else m.member_id,
+                    "-" if m is None else format_assignment(m.partitions),
+                )
+            )
+    lines += _table(member_rows, right={2})
+    lag_rows = [("GROUP", "TOPIC", "PARTITION", "COMMITTED", "END_OFFSET", "LAG", "OWNER")]
     for g in status.groups:
         for lag in g.partitions:
-            group_rows.append(
+            lag_rows.append(
                 (
                     g.name,
                     lag.topic,
@@ -208,10 +263,27 @@ def format_status(status: Status) -> str:
                     str(lag.committed),
                     str(lag.end_offset),
                     str(lag.lag),
+                    lag.owner or "-",
                 )
             )
-    lines += _table(group_rows, right={2, 3, 4, 5}) if status.groups else ["no consumer groups"]
+    if len(lag_rows) > 1:
+        lines.append("")
+        lines += _table(lag_rows, right={2, 3, 4, 5})
     return "\n".join(lines)
+
+
+def format_assignment(partitions: Sequence[tuple[str, int]]) -> str:
+    """Return partitions grouped by topic, as ``topic[0,1] other[3]`` (``-`` if none).
+
+    >>> format_assignment([("t", 1), ("t", 0), ("u", 3)])
+    't[0,1] u[3]'
+    """
+    by_topic: dict[str, list[int]] = {}
+    for topic, partition in sorted(partitions):
+        by_topic.setdefault(topic, []).append(partition)
+    if not by_topic:
+        return "-"
+    return " ".join(f"{t}[{','.join(map(str, ps))}]" for t, ps in by_topic.items())
 
 
 def _table(rows: Sequence[tuple[str, ...]], right: set[int]) -> list[str]:

@@ -45,6 +45,7 @@ from .wire import (
     encode_batch,
     encode_committed,
     encode_description,
+    encode_group,
     encode_positions,
     error_frame,
     response_frame,
@@ -52,6 +53,8 @@ from .wire import (
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
+
+    from .fileio import FileIO
 
 logger = logging.getLogger("streamflow.broker")
 
@@ -94,6 +97,8 @@ class Handlers:
             "join_group": self.join_group,
             "heartbeat": self.heartbeat,
             "leave_group": self.leave_group,
+            "describe_group": self.describe_group,
+            "list_groups": self.list_groups,
         }
 
     async def handle(self, op: str, args: dict[str, Any]) -> Any:
@@ -199,6 +204,14 @@ class Handlers:
     async def leave_group(self, args: dict[str, Any]) -> None:
         """Handle ``leave_group {group, member_id}``."""
         await self.transport.leave_group(_arg(args, "group", str), _arg(args, "member_id", str))
+
+    async def describe_group(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Handle ``describe_group {group}``."""
+        return encode_group(await self.transport.describe_group(_arg(args, "group", str)))
+
+    async def list_groups(self, args: dict[str, Any]) -> list[str]:
+        """Handle ``list_groups {}``."""
+        return await self.transport.list_groups()
 
 
 class Session:
@@ -367,6 +380,7 @@ async def serve(
     idle_timeout: float = IDLE_TIMEOUT,
     frame_timeout: float = FRAME_TIMEOUT,
     cleaner_interval: float = 1.0,
+    files: FileIO | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the log in *log_dir* on *host*:*port* until cancelled.
@@ -374,7 +388,9 @@ async def serve(
     Opens (and recovers) the log, runs retention and compaction, and calls
     ``task_status.started(port)`` with the bound port once it listens (pass
     ``port=0`` for any free port). Cancelling it stops accepting, ends every
-    connection and closes the log (shielded, up to 5 s).
+    connection and closes the log (shielded, up to 5 s). *files* is the file
+    interface the log does its I/O through (``fileio.py``; the real disk by
+    default).
 
     Raises:
         LogLocked: another process has *log_dir* open.
@@ -383,7 +399,7 @@ async def serve(
     from .cleaner import run_cleaner
     from .directory import Log
 
-    log = await trio.to_thread.run_sync(Log.open, Path(log_dir))
+    log = await trio.to_thread.run_sync(partial(Log.open, Path(log_dir), files=files))
     transport = EmbeddedTransport(log, owns_log=True)
     handlers = Handlers(transport)
 

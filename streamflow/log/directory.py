@@ -13,6 +13,7 @@ import errno
 import fcntl
 import itertools
 import json
+import logging
 import os
 import shutil
 import socket
@@ -35,7 +36,14 @@ from streamflow.errors import (
 from .config import DAY_MS, TopicConfig
 from .durable import write_atomically
 from .fileio import OS_FILES
-from .naming import CONFIG_FILE, LOCK_FILE, STAGING_DIR, TOPICS_DIR, check_topic_name
+from .naming import (
+    CONFIG_FILE,
+    LOCK_FILE,
+    STAGING_DIR,
+    TOPIC_NAME,
+    TOPICS_DIR,
+    check_topic_name,
+)
 from .partition import Partition
 from .partitioner import partition_for
 from .transport import PartitionInfo, TopicDescription
@@ -119,7 +127,8 @@ class Log:
             CorruptBatch: if a partition has a damaged batch below its recovery point.
         """
         root = Path(path)
-        root.mkdir(parents=True, exist_ok=True)
+        # private: anyone who can read the directory can read every record
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
         lock_fd = _lock_directory(root)
         log = cls(root, lock_fd, clock or wall_clock_ms, files or OS_FILES)
         try:
@@ -135,6 +144,14 @@ class Log:
         topics_dir = self._path / TOPICS_DIR
         topics_dir.mkdir(exist_ok=True)
         for entry in sorted(os.listdir(topics_dir)):
+            if (topics_dir / entry).is_symlink() or not TOPIC_NAME.fullmatch(entry):
+                # a planted symlink (or odd name) must not lead reads and writes elsewhere
+                logging.getLogger("streamflow.log").warning(
+                    "ignoring %s: a topic directory must be a real directory with a "
+                    "valid topic name; move it away",
+                    topics_dir / entry,
+                )
+                continue
             config_file = topics_dir / entry / CONFIG_FILE
             if not config_file.is_file():
                 continue

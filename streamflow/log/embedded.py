@@ -18,6 +18,7 @@ import trio
 
 from .group import GroupCoordinator, validate_group_name
 from .offsets import OFFSETS_TOPIC, OffsetStore
+from .transport import GroupDescription
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -196,6 +197,18 @@ class EmbeddedTransport:
     async def leave_group(self, group: str, member_id: str) -> None:
         """Leave *group* so that its partitions move at once."""
         await self.groups.leave(group, member_id)
+
+    async def describe_group(self, group: str) -> GroupDescription:
+        """Return the members of *group*, their partitions, its generation and state."""
+        validate_group_name(group)
+        found = self.groups.describe(group)
+        if found.state == "dead" and group in await self.offset_store.groups():
+            return GroupDescription(group, "empty", 0)
+        return found
+
+    async def list_groups(self) -> list[str]:
+        """List the groups with members or committed offsets, sorted."""
+        return sorted(set(self.groups.groups()) | await self.offset_store.groups())
 
     async def aclose(self) -> None:
         """Close the log if this transport owns it (the final flush is shielded)."""

@@ -5,10 +5,13 @@ of the current generation and heartbeats keep it alive. *Rebalancing*: begun
 when a member joins, leaves or misses heartbeats for its session timeout;
 heartbeats answer ``False`` so that every member gives up its partitions and
 calls ``join`` again. The rebalance completes, and the generation goes up by
-one, when every member has rejoined; a member that has not rejoined by the
-end of its session timeout (or the rebalance deadline) is dropped. Members
-that stopped heartbeating are noticed lazily, whenever another member of the
-group calls in, so the coordinator needs no background task.
+one, when every member has rejoined. A member that has not rejoined is dropped
+when it misses heartbeats for its session timeout, or when the rebalance has
+waited ``REBALANCE_TIMEOUT`` seconds for it: a member that keeps heartbeating
+may take that long to finish its current batch and commit before it rejoins
+(Kafka's ``max.poll.interval.ms``), so a busy member is not mistaken for a dead
+one. Members that stopped heartbeating are noticed lazily, whenever another
+member of the group calls in, so the coordinator needs no background task.
 
 Commits are fenced by generation: only a member of the current generation may
 commit offsets for the partitions it owns (still allowed while a rebalance is
@@ -26,7 +29,7 @@ import trio
 
 from ..errors import InvalidConfig, InvalidTopicName, RebalanceInProgress
 from .naming import check_topic_name
-from .transport import Assignment, TopicPartition
+from .transport import Assignment, GroupDescription, MemberDescription, TopicPartition
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable
@@ -34,6 +37,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("streamflow.group")
 
 ASSIGNORS: Final = ("range", "roundrobin")
+#: Longest a rebalance waits for a member that still heartbeats to rejoin (s).
+REBALANCE_TIMEOUT: Final = 60.0
 
 Subscriptions = dict[str, list[str]]
 
@@ -237,6 +242,30 @@ class GroupCoordinator:
                 f"{generation}; commit only the partitions assigned to you"
             )
 
+    def describe(self, group: str) -> GroupDescription:
+        """Return *group*'s members, their partitions, its generation and state.
+
+        Members that stopped heartbeating are dropped first, so the answer is
+        current. A group this coordinator never saw is ``"dead"``.
+        """
+        g = self._groups.get(group)
+        if g is None:
+            return GroupDescription(group, "dead", 0)
+        self._advance(g)
+        if not g.members:
+            state = "empty"
+        else:
+            state = "rebalancing" if g.rebalancing else "stable"
+        members = [
+            MemberDescription(m.member_id, list(m.topics), list(g.assignment.get(m.member_id, ())))
+            for m in sorted(g.members.values(), key=lambda m: m.member_id)
+        ]
+        return GroupDescription(group, state, g.generation, members)
+
+    def groups(self) -> list[str]:
+        """Return the names of the groups this coordinator knows, sorted."""
+        return sorted(self._groups)
+
     def generation(self, group: str) -> int:
         """Return the current generation of *group* (0 before its first rebalance)."""
         g = self._groups.get(group)
@@ -248,7 +277,8 @@ class GroupCoordinator:
         g.rebalancing = True
         for member in g.members.values():
             member.joined = False
-        g.deadline = now + max((m.session_timeout for m in g.members.values()), default=0.0)
+        longest = max((m.session_timeout for m in g.members.values()), default=0.0)
+        g.deadline = now + max(longest, REBALANCE_TIMEOUT)
         logger.info("group %s: rebalance started (generation %d)", g.name, g.generation)
 
     def _advance(self, g: _Group) -> None:

@@ -10,9 +10,10 @@ once pauses the partitions, and records are read through the transport's
 - ``heartbeat`` polls the consumer once: librdkafka sends Kafka's heartbeats
   from its own thread, and the poll serves the rebalance callbacks. It
   answers ``False`` once the member's partitions were revoked or reassigned.
-- ``generation`` counts the assignments this member received (Kafka's own
-  generation id is not exposed by librdkafka); commits check it first, and the
-  coordinator fences stale ones itself.
+- ``generation`` is Kafka's generation id, read from the consumer's group
+  metadata (librdkafka's ``CGMDv2`` encoding); where that cannot be read, it
+  counts the assignments the member received. Commits check it first, and
+  the coordinator fences stale ones itself.
 - ``leave_group`` closes the consumer, which sends Kafka's LeaveGroup.
 - commits of a member go through its consumer; other commits and
   ``committed`` through one non-member consumer per group id.
@@ -24,6 +25,7 @@ Safe from many tasks: each consumer is used by one worker thread at a time
 from __future__ import annotations
 
 import secrets
+import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -33,7 +35,7 @@ from confluent_kafka import TopicPartition as KafkaPartition
 
 from ..errors import InvalidConfig, RebalanceInProgress
 from .group import validate_group_name
-from .kafka_client import MAX_WAIT, REQUEST_TIMEOUT, new_consumer, translate
+from .kafka_client import MAX_WAIT, REQUEST_TIMEOUT, logger, new_consumer, translate
 from .kafka_codec import decode_metadata, encode_metadata
 from .transport import Assignment, Committed, TopicPartition
 
@@ -43,6 +45,28 @@ if TYPE_CHECKING:
     from confluent_kafka import Consumer
 
 ASSIGNORS: Final = {"range": "range", "roundrobin": "roundrobin"}
+#: Kafka's default ``group.min.session.timeout.ms``: a cluster refuses shorter sessions,
+#: and librdkafka then retries the join forever without reporting an error.
+MIN_SESSION_TIMEOUT_MS: Final = 6_000
+
+
+#: librdkafka's serialised group metadata starts with this, then the generation id
+#: (a native-endian int32), the group id, the member id, ...
+_METADATA_MAGIC: Final = b"CGMDv2:"
+
+
+def _kafka_generation(consumer: Consumer) -> int | None:
+    """Return the generation id of the consumer's group membership, if readable."""
+    try:
+        data = consumer.consumer_group_metadata()
+    except Exception:  # not a member, or an older librdkafka
+        return None
+    if not isinstance(data, bytes) or not data.startswith(_METADATA_MAGIC):
+        return None
+    if len(data) < len(_METADATA_MAGIC) + 4:
+        return None
+    generation: int = struct.unpack_from("=i", data, len(_METADATA_MAGIC))[0]
+    return generation
 
 
 @dataclass(slots=True, eq=False)
@@ -64,7 +88,11 @@ class _Member:
         consumer.assign(partitions)
         if partitions:
             consumer.pause(partitions)
-        self.generation += 1
+        kafka_generation = _kafka_generation(consumer)
+        if kafka_generation is not None and kafka_generation > self.generation:
+            self.generation = kafka_generation
+        else:
+            self.generation += 1
         self.partitions = sorted((p.topic, p.partition) for p in partitions)
         self.owned = list(self.partitions)
 
@@ -117,7 +145,8 @@ class KafkaGroups:
 
         Returns at once when the member is known and holds an assignment that
         it has not reported yet or still holds. Cancelling leaves the member
-        joined (``leave`` removes it).
+        joined (``leave`` removes it). A *session_timeout_ms* below
+        ``MIN_SESSION_TIMEOUT_MS`` is raised to it (Kafka refuses shorter ones).
         """
         validate_group_name(group)
         if not topics:
@@ -127,6 +156,14 @@ class KafkaGroups:
         for topic in topics:
             await self._check_topic(topic)
         topics = sorted(set(topics))
+        if session_timeout_ms < MIN_SESSION_TIMEOUT_MS:
+            logger.info(
+                "group %s: session timeout %d ms raised to %d ms, Kafka's default minimum",
+                group,
+                session_timeout_ms,
+                MIN_SESSION_TIMEOUT_MS,
+            )
+            session_timeout_ms = MIN_SESSION_TIMEOUT_MS
         member = self._members.get(member_id) if member_id is not None else None
         if member is not None and (member.group != group or member.topics != topics):
             await self.leave(member.group, member.member_id)

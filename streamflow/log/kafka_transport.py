@@ -44,7 +44,13 @@ from .kafka_codec import (
 from .kafka_fetch import FetchPool
 from .kafka_group import KafkaGroups
 from .naming import check_topic_name
-from .transport import Columns, PartitionInfo, TopicDescription
+from .transport import (
+    Columns,
+    GroupDescription,
+    MemberDescription,
+    PartitionInfo,
+    TopicDescription,
+)
 
 if TYPE_CHECKING:
     from confluent_kafka import Message
@@ -58,6 +64,16 @@ MAX_PRODUCERS: Final = 100_000
 DELIVERY_TIMEOUT_MS: Final = 120_000
 #: How often ``delete_topic`` checks that the topic is gone (s).
 DELETE_CHECK_INTERVAL: Final = 0.1
+
+
+#: Kafka's group states, as ``GroupDescription.state`` names them.
+_GROUP_STATES: Final = {
+    "STABLE": "stable",
+    "PREPARING_REBALANCING": "rebalancing",
+    "COMPLETING_REBALANCING": "rebalancing",
+    "EMPTY": "empty",
+    "DEAD": "dead",
+}
 
 
 @dataclass(slots=True)
@@ -462,6 +478,37 @@ class KafkaTransport:
     async def leave_group(self, group: str, member_id: str) -> None:
         """Leave *group* so that its partitions move at once."""
         await self.groups.leave(group, member_id)
+
+    async def describe_group(self, group: str) -> GroupDescription:
+        """Describe Kafka consumer group *group* (``AdminClient.describe_consumer_groups``).
+
+        Kafka does not report the generation through the admin API; it is 0.
+        """
+
+        def work() -> GroupDescription:
+            found = self._admin.describe_consumer_groups([group], request_timeout=REQUEST_TIMEOUT)
+            desc = found[group].result()
+            state = _GROUP_STATES.get(getattr(desc.state, "name", ""), "dead")
+            members = [
+                MemberDescription(
+                    m.member_id,
+                    sorted({tp.topic for tp in m.assignment.topic_partitions}),
+                    sorted((tp.topic, tp.partition) for tp in m.assignment.topic_partitions),
+                )
+                for m in desc.members
+            ]
+            return GroupDescription(group, state, 0, members)
+
+        return await trio.to_thread.run_sync(work)
+
+    async def list_groups(self) -> list[str]:
+        """List the Kafka consumer groups (``AdminClient.list_consumer_groups``), sorted."""
+
+        def work() -> list[str]:
+            listed = self._admin.list_consumer_groups(request_timeout=REQUEST_TIMEOUT).result()
+            return sorted(g.group_id for g in listed.valid)
+
+        return await trio.to_thread.run_sync(work)
 
     async def aclose(self) -> None:
         """Flush the producer, leave the groups and close every client (shielded, bounded)."""

@@ -81,9 +81,9 @@ def append_commits(log: Log, group: str, offsets: dict[TopicPartition, Committed
 class OffsetStore:
     """Committed offsets of every group of one log. Safe from many tasks.
 
-    Commits are applied in memory at once (so a reader never sees an older
-    offset than one already accepted) and appended in the same order, one
-    at a time.
+    Commits are appended one at a time, and applied in memory once the append
+    succeeded: a commit that failed (``StorageError``, ``PartitionOffline``) is
+    not visible, and a reader never sees an offset that is not stored.
     """
 
     def __init__(self, log: Log) -> None:
@@ -110,9 +110,13 @@ class OffsetStore:
             assert self._offsets is not None
             if check is not None:
                 check(offsets.keys())
+            await trio.to_thread.run_sync(append_commits, self._log, group, offsets)
             for (topic, partition), committed in offsets.items():
                 self._offsets[(group, topic, partition)] = committed
-            await trio.to_thread.run_sync(append_commits, self._log, group, offsets)
+
+    async def groups(self) -> set[str]:
+        """Return the groups that have at least one committed offset."""
+        return {group for group, _, _ in await self._loaded()}
 
     async def get(
         self, group: str, partitions: Iterable[TopicPartition]

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import trio
 
-from ..errors import BrokerUnavailable, InvalidConfig, UnknownTopic
+from ..errors import BrokerUnavailable, InvalidConfig, PartitionOffline, StorageError, UnknownTopic
 from .partitioner import partition_for
 from .transport import Columns, ProducerIdentity
 from .wire import pack
@@ -95,7 +95,10 @@ class Producer:
             ``send`` waits (backpressure).
         max_batch_bytes: Most encoded bytes per batch.
         delivery_timeout: Seconds a batch is retried while the target is
-            unavailable before its records fail with ``BrokerUnavailable``.
+            unavailable (``BrokerUnavailable``) or cannot write (``StorageError``:
+            nothing was stored, so a retry is safe) before its records fail with
+            that error. ``PartitionOffline`` (a failed fsync) is never retried:
+            what the log holds is uncertain until it is reopened.
     """
 
     def __init__(
@@ -181,6 +184,9 @@ class Producer:
             NotSerializable: *key*, *value* or *headers* cannot be encoded.
             RecordTooLarge: the target refused the record's size.
             BrokerUnavailable: the target stayed unreachable for ``delivery_timeout``.
+            StorageError: the target's disk kept failing writes for ``delivery_timeout``.
+            PartitionOffline: an fsync failed; the partition takes no writes until the
+                log is reopened (the record may or may not be stored).
             trio.ClosedResourceError: the producer is closed.
         """
         count = await self._partition_count(topic)
@@ -316,7 +322,12 @@ class Producer:
                     producer=self.identity,
                     sequence=sequence,
                 )
-            except BrokerUnavailable as exc:
+            except PartitionOffline as exc:
+                # Fatal: the fsync that failed may have lost this very batch.
+                error = exc
+            except (BrokerUnavailable, StorageError) as exc:
+                # Nothing of the batch was stored (or it was, and the retry's
+                # sequence numbers make the log drop it): retrying is safe.
                 if trio.current_time() + backoff >= deadline:
                     error = exc
                     break

@@ -29,6 +29,7 @@ from .wire import (
     decode_body,
     decode_committed,
     decode_description,
+    decode_group,
     decode_positions,
     encode_columns,
     encode_committed,
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
         Assignment,
         Columns,
         Committed,
+        GroupDescription,
         ProducerIdentity,
         TopicDescription,
         TopicPartition,
@@ -217,21 +219,26 @@ class RemoteTransport:
     ) -> Any:
         request_id = next(self._ids)
         frame = request_frame(request_id, op, args)
+        if len(frame) - 4 > self.max_frame_bytes:
+            # the broker would refuse it and drop the connection; a retry cannot help
+            raise FrameTooLarge(len(frame) - 4, self.max_frame_bytes)
         call = conn.pending[request_id] = _Call()
         try:
-            sending = sent = False
             try:
                 async with conn.send_lock:
-                    sending = True
-                    await conn.stream.send_all(frame)
-                    sent = True
+                    # A frame cut short would desynchronise the stream that every task
+                    # shares, so a caller's cancellation never interrupts a send: the
+                    # send is shielded and bounded by its own timeout instead.
+                    with trio.CancelScope(shield=True):
+                        with trio.move_on_after(self.request_timeout) as sending:
+                            await conn.stream.send_all(frame)
+                    if sending.cancelled_caught:
+                        raise trio.BrokenResourceError(
+                            f"could not send {op} within {self.request_timeout} s"
+                        )
             except _CONNECTION_ERRORS as exc:
                 self._drop(conn, exc)
                 raise BrokerUnavailable(self.address, f"send failed: {exc}") from exc
-            finally:
-                if sending and not sent and conn.broken is None:
-                    # A frame cut short by cancellation would desynchronise the stream.
-                    self._drop(conn, trio.ClosedResourceError("request cancelled mid-send"))
             with trio.move_on_after(timeout) as scope:
                 await call.done.wait()
             if scope.cancelled_caught:
@@ -380,6 +387,17 @@ class RemoteTransport:
     async def leave_group(self, group: str, member_id: str) -> None:
         """Leave *group* so that its partitions move at once."""
         await self._call("leave_group", {"group": group, "member_id": member_id})
+
+    async def describe_group(self, group: str) -> GroupDescription:
+        """Return the members of *group*, their partitions, its generation and state."""
+        return decode_group(await self._call("describe_group", {"group": group}))
+
+    async def list_groups(self) -> list[str]:
+        """List the groups with members or committed offsets, sorted."""
+        names = await self._call("list_groups", {})
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ProtocolError(f"list_groups answered {names!r}, not a list of names")
+        return names
 
     async def aclose(self) -> None:
         """Close the connection; calls in flight fail with ``BrokerUnavailable``."""

@@ -9,7 +9,7 @@ batches (one thread hop or one round trip per batch, never per record).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 if TYPE_CHECKING:
     from .record import Headers, RecordBatch
@@ -79,6 +79,35 @@ class Assignment:
     member_id: str
     generation: int
     partitions: list[TopicPartition]
+
+
+@dataclass(frozen=True, slots=True)
+class MemberDescription:
+    """One member of a group: what it subscribes to and what it owns now."""
+
+    member_id: str
+    topics: list[str]
+    partitions: list[TopicPartition]
+
+
+#: Group states: members own partitions; members are rejoining; no members
+#: (only committed offsets); unknown to the target.
+GROUP_STATES: Final = ("stable", "rebalancing", "empty", "dead")
+
+
+@dataclass(frozen=True, slots=True)
+class GroupDescription:
+    """A consumer group as ``describe_group`` returns it.
+
+    ``state`` is one of ``GROUP_STATES``; ``generation`` is 0 before the first
+    rebalance. During a rebalance ``partitions`` are those of the last
+    completed generation.
+    """
+
+    group: str
+    state: str
+    generation: int
+    members: list[MemberDescription] = field(default_factory=list)
 
 
 class Transport(Protocol):
@@ -180,6 +209,17 @@ class Transport(Protocol):
 
     async def leave_group(self, group: str, member_id: str) -> None:
         """Leave *group* so that its partitions move at once."""
+        ...
+
+    async def describe_group(self, group: str) -> GroupDescription:
+        """Return the members of *group*, their partitions, its generation and state.
+
+        A group nobody joined and nothing was committed for is ``"dead"``.
+        """
+        ...
+
+    async def list_groups(self) -> list[str]:
+        """List the groups with members or committed offsets, sorted."""
         ...
 
     async def aclose(self) -> None:

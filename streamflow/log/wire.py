@@ -42,7 +42,15 @@ import trio
 from .. import errors
 from ..errors import FrameTooLarge, NotSerializable, ProtocolError, StreamflowError
 from .record import RecordBatch
-from .transport import Assignment, Columns, Committed, PartitionInfo, TopicDescription
+from .transport import (
+    Assignment,
+    Columns,
+    Committed,
+    GroupDescription,
+    MemberDescription,
+    PartitionInfo,
+    TopicDescription,
+)
 
 if TYPE_CHECKING:
     from .transport import TopicPartition
@@ -397,6 +405,40 @@ def decode_assignment(obj: Any) -> Assignment:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ProtocolError(f"malformed assignment: {exc}") from exc
+
+
+def encode_group(desc: GroupDescription) -> dict[str, Any]:
+    """Encode a ``GroupDescription`` as a map (members as ``[id, topics, partitions]``)."""
+    return {
+        "group": desc.group,
+        "state": desc.state,
+        "generation": desc.generation,
+        "members": [
+            [m.member_id, list(m.topics), [list(tp) for tp in m.partitions]] for m in desc.members
+        ],
+    }
+
+
+def decode_group(obj: Any) -> GroupDescription:
+    """Decode a ``GroupDescription``; raise ``ProtocolError`` if malformed.
+
+    >>> d = GroupDescription("g", "stable", 2, [MemberDescription("m", ["t"], [("t", 0)])])
+    >>> decode_group(encode_group(d)) == d
+    True
+    """
+    try:
+        members = []
+        for member_id, topics, partitions in obj["members"]:
+            if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics):
+                raise ProtocolError("a group member's topics must be strings")
+            members.append(
+                MemberDescription(str(member_id), list(topics), decode_partitions(partitions))
+            )
+        return GroupDescription(
+            str(obj["group"]), str(obj["state"]), int(obj["generation"]), members
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ProtocolError(f"malformed group description: {exc}") from exc
 
 
 def encode_committed(offsets: dict[TopicPartition, Committed]) -> list[list[Any]]:

@@ -241,9 +241,11 @@ class WindowedAggregate:
         # sliding: keys whose windows closed in this sweep (packed key -> key)
         self._to_prune: dict[bytes, Any] = {}
         # tumbling, hopping: (key id, start) -> accumulator of every open window, and
-        # the windows changed by the current batch (written to the view once per batch)
+        # the windows changed since they were last written to the view (at each
+        # checkpoint through the view's before_take, else after each batch)
         self._accs: dict[tuple[Any, int], Any] = {}
         self._touched: dict[tuple[Any, int], Any] = {}
+        self._deferred = False
 
     # -- lifecycle -------------------------------------------------------
 
@@ -254,6 +256,11 @@ class WindowedAggregate:
         self._view = view = ctx.state(self.store)
         self._open, self._ends, self._sessions = {}, [], {}
         self._accs, self._touched = {}, {}
+        register = getattr(view, "before_take", None)
+        self._deferred = callable(register)
+        if callable(register):
+            # The accumulators reach the view once per checkpoint, not once per batch.
+            register(self._write_touched)
         self.watermark = self._saved_watermark = view.get(_WATERMARK_KEY, _NO_WATERMARK)
         for skey, value in view.items():
             tag = skey[0]
@@ -283,7 +290,8 @@ class WindowedAggregate:
             self._process_sliding(items, out)
         else:
             self._process_aligned(items, out)
-            self._write_touched()
+            if not self._deferred:
+                self._write_touched()
         self._save_watermark()
         return out
 

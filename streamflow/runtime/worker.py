@@ -29,7 +29,7 @@ import itertools
 import json
 import logging
 import time
-from contextlib import AsyncExitStack, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -47,7 +47,7 @@ from streamflow.log import Columns, Committed, Message, ProducerIdentity
 from .task import TaskEngine
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import AsyncIterator, Callable, Iterator
     from pathlib import Path
 
     from streamflow.log import Headers, RecordBatch, TopicPartition, Transport
@@ -61,6 +61,10 @@ logger = logging.getLogger("streamflow.runtime")
 SEQUENCE_SHIFT: Final = 20
 LOCAL_CHUNK: Final = 5_000
 SHUTDOWN_TIMEOUT: Final = 10.0
+#: Longest a task runs operators before other tasks (heartbeats, I/O) get a turn (s).
+SLICE_SECONDS: Final = 0.01
+#: Records in a batch's first slice, which measures what a record costs.
+FIRST_SLICE: Final = 64
 
 
 @dataclass
@@ -244,22 +248,48 @@ class TaskRunner:
         last_save = trio.current_time()
         interval = job.commit_interval_ms / 1000
         idle = False
-        while True:
-            if idle and job.until_idle and await self._drained():
-                return
-            worked = await self._run_locals()
-            if self.tps:
-                fetched = await self._fetch(0.0 if worked else self._poll_timeout())
-                if fetched:
-                    worked = True
-                    await self._process_fetch(fetched)
-            elif not worked and not job.until_idle:
-                await trio.sleep_forever()
-            idle = not worked
-            if trio.current_time() - last_save >= interval:
-                await self._save(final=False)
-                await self._measure()
-                last_save = trio.current_time()
+        # The nursery only holds the read-ahead: a failure leaves it unwrapped.
+        async with _lone_errors_unwrapped(), trio.open_nursery() as nursery:
+            ahead: _ReadAhead | None = None
+            try:
+                while True:
+                    if idle and job.until_idle and await self._drained():
+                        return
+                    worked = await self._run_locals()
+                    if self.tps:
+                        fetched = await ahead.take(self.positions) if ahead else {}
+                        ahead = None
+                        if not fetched:
+                            fetched = await self._fetch(0.0 if worked else self._poll_timeout())
+                        if fetched:
+                            worked = True
+                            ahead = await self._read_ahead(nursery, fetched)
+                            await self._process_fetch(fetched)
+                    elif not worked and not job.until_idle:
+                        await trio.sleep_forever()
+                    idle = not worked
+                    if trio.current_time() - last_save >= interval:
+                        await self._save(final=False)
+                        await self._measure()
+                        last_save = trio.current_time()
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def _read_ahead(
+        self, nursery: trio.Nursery, fetched: dict[TopicPartition, list[RecordBatch]]
+    ) -> _ReadAhead:
+        """Start fetching what follows *fetched* while it is processed.
+
+        The read, the CRC check and the disk wait run on a worker thread
+        without the GIL, so they overlap the operators' work on this batch.
+        """
+        positions = dict(self.positions)
+        for tp, batches in fetched.items():
+            positions[tp] = batches[-1].next_offset
+        ahead = _ReadAhead(positions)
+        nursery.start_soon(ahead.run, self.job.transport, self.job.fetch_max_bytes)
+        await trio.lowlevel.checkpoint()  # let the read start before the batch is processed
+        return ahead
 
     def _poll_timeout(self) -> float:
         if not self.job.until_idle:
@@ -332,7 +362,7 @@ class TaskRunner:
             if one_by_one:
                 for batch in batches:
                     self.dirty = engine.stateful
-                    engine.process(
+                    await self._process(
                         index, topic, batch.offsets, batch.keys, batch.values, batch.timestamps
                     )
                     self._after_batch(len(batch))
@@ -343,7 +373,7 @@ class TaskRunner:
             self.dirty = engine.stateful
             if len(batches) == 1:
                 b = batches[0]
-                engine.process(index, topic, b.offsets, b.keys, b.values, b.timestamps)
+                await self._process(index, topic, b.offsets, b.keys, b.values, b.timestamps)
                 self._after_batch(len(b))
             else:
                 offsets: list[int] = []
@@ -355,12 +385,52 @@ class TaskRunner:
                     keys += b.keys
                     values += b.values
                     stamps += b.timestamps
-                engine.process(index, topic, offsets, keys, values, stamps)
+                await self._process(index, topic, offsets, keys, values, stamps)
                 self._after_batch(len(offsets))
             self.positions[tp] = batches[-1].next_offset
         if not one_by_one:
             await self._flush(None, None)
             self.dirty = False
+
+    async def _process(
+        self,
+        index: int,
+        topic: str,
+        offsets: list[int],
+        keys: list[Any],
+        values: list[Any],
+        stamps: list[int],
+    ) -> None:
+        """Run one batch through ``engine.process`` in slices of about ``SLICE_SECONDS``.
+
+        Operators run on the event loop, so a slow user function over a large
+        batch would otherwise hold up every other task of the process for the
+        whole batch: heartbeats stop, and the group drops a member that is only
+        busy. Between slices other tasks run; the yield is cancel-shielded, so a
+        batch is still processed whole (its outputs flushed together). Cheap
+        operators get the rest of the batch in one slice after the first.
+        """
+        count = len(offsets)
+        if count <= FIRST_SLICE:
+            self.engine.process(index, topic, offsets, keys, values, stamps)
+            return
+        start, size = 0, FIRST_SLICE
+        while start < count:
+            end = min(count, start + size)
+            began = time.perf_counter()
+            self.engine.process(
+                index,
+                topic,
+                offsets[start:end],
+                keys[start:end],
+                values[start:end],
+                stamps[start:end],
+            )
+            spent = time.perf_counter() - began
+            size = max(1, int(SLICE_SECONDS * (end - start) / spent)) if spent > 0 else count
+            start = end
+            if start < count and spent >= SLICE_SECONDS / 2:
+                await trio.lowlevel.cancel_shielded_checkpoint()
 
     def _after_batch(self, records_in: int) -> None:
         if self.metrics is not None:
@@ -518,6 +588,40 @@ def batch_sized_gc() -> Iterator[None]:
             gc.set_threshold(*_gc_saved)
 
 
+@asynccontextmanager
+async def _lone_errors_unwrapped() -> AsyncIterator[None]:
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
+
+
+class _ReadAhead:
+    """One fetch started ahead of time, from the positions the current batch ends at."""
+
+    def __init__(self, positions: dict[TopicPartition, int]) -> None:
+        self.positions = positions
+        self.found: dict[TopicPartition, list[RecordBatch]] = {}
+        self.done = trio.Event()
+
+    async def run(self, transport: Transport, max_bytes: int) -> None:
+        try:
+            self.found = await transport.fetch(self.positions, max_bytes=max_bytes, timeout=0.0)
+        except OffsetOutOfRange:
+            pass  # the task's own fetch meets it again and handles it
+        finally:
+            self.done.set()
+
+    async def take(
+        self, positions: dict[TopicPartition, int]
+    ) -> dict[TopicPartition, list[RecordBatch]]:
+        """Return the batches read, or {} when the task is no longer at those positions."""
+        await self.done.wait()
+        return self.found if positions == self.positions else {}
+
+
 async def run_stage(job: Job, stage: Stage) -> None:
     """Run every task of *stage* until cancelled (or drained under ``until_idle``)."""
     try:
@@ -550,24 +654,26 @@ async def _run_stage_in_group(job: Job, stage: Stage) -> None:
             rejoin = False
             try:
                 async with trio.open_nursery() as outer:
+                    revoked = trio.CancelScope()
 
-                    async def heartbeat(scope: trio.CancelScope, member: tuple[str, int]) -> None:
+                    async def heartbeat(revoked: trio.CancelScope, member: tuple[str, int]) -> None:
                         nonlocal rejoin
+                        # Heartbeats go on while the tasks finish their batch and commit,
+                        # so the group waits for those commits instead of dropping us.
                         while True:
                             await trio.sleep(job.session_timeout_ms / 3000)
                             if not await transport.heartbeat(group, *member):
                                 rejoin = True
-                                scope.cancel()
-                                return
+                                revoked.cancel()
 
-                    outer.start_soon(heartbeat, outer.cancel_scope, member)
-                    async with trio.open_nursery() as tasks:
-                        for p in partitions:
-                            tasks.start_soon(TaskRunner(job, stage, p, member).run)
-                    if job.until_idle:
-                        outer.cancel_scope.cancel()
-                    else:
-                        await trio.sleep_forever()
+                    outer.start_soon(heartbeat, revoked, member)
+                    with revoked:
+                        async with trio.open_nursery() as tasks:
+                            for p in partitions:
+                                tasks.start_soon(TaskRunner(job, stage, p, member).run)
+                        if not job.until_idle:
+                            await trio.sleep_forever()
+                    outer.cancel_scope.cancel()
             except* _Rebalance:
                 rejoin = True
             if not rejoin:

@@ -117,13 +117,18 @@ async def rebuild_store(
         if on_progress is not None:
             on_progress(progress)
 
+    # One packer for the whole rebuild: msgpack.packb would build one per call.
+    pack = msgpack.Packer(use_bin_type=True).pack
+
     async def apply(batch: RecordBatch) -> None:
         nonlocal applied, last_report, position
-        packb = msgpack.packb
-        for key, value in zip(batch.keys, batch.values, strict=True):
-            pending[packb(key, use_bin_type=True)] = (
-                None if value is None else packb(value, use_bin_type=True)
+        pending.update(
+            zip(
+                map(pack, batch.keys),
+                [None if value is None else pack(value) for value in batch.values],
+                strict=True,
             )
+        )
         applied += len(batch)
         position = batch.next_offset
         if len(pending) >= chunk_records:

@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 
     from lmdb import _Database
 
+    #: One store change: key bytes and value bytes (``None`` deletes the key).
+    Change = tuple[bytes, bytes | None]
+
 logger = logging.getLogger(__name__)
 
 #: Initial LMDB map size: 1 GiB (sparse on disk; only used pages take space).
@@ -260,11 +263,7 @@ class StateStore:
                     for db in cleared:
                         txn.drop(db, delete=False)
                     for db, pairs in batches:
-                        for key, value in pairs:
-                            if value is None:
-                                txn.delete(key, db=db)
-                            else:
-                                txn.put(key, value, db=db)
+                        _apply(txn, db, pairs)
                     if forget_checkpoint:
                         txn.delete(_CHECKPOINT_KEY, db=self._meta)
                     if checkpoint is not None:
@@ -295,3 +294,25 @@ class StateStore:
             "checkpoint is intact: fix the cause (disk space, permissions) and restart, or "
             "delete the directory to rebuild it from the changelog"
         )
+
+
+def _apply(txn: lmdb.Transaction, db: _Database, pairs: list[Change]) -> None:
+    """Put and delete *pairs* in order in *db* (a ``None`` value deletes). Blocking.
+
+    Puts go through one ``putmulti`` call (a loop in C) when every key is
+    distinct, so the order of puts and deletes cannot matter; else pair by pair.
+    """
+    if len({key for key, _ in pairs}) < len(pairs):
+        for key, value in pairs:
+            if value is None:
+                txn.delete(key, db=db)
+            else:
+                txn.put(key, value, db=db)
+        return
+    puts = [(key, value) for key, value in pairs if value is not None]
+    if len(puts) < len(pairs):
+        for key, value in pairs:
+            if value is None:
+                txn.delete(key, db=db)
+    if puts:
+        txn.cursor(db=db).putmulti(puts)

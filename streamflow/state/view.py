@@ -18,7 +18,7 @@ import msgpack
 from streamflow.errors import NotSerializable, StateStoreError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from .store import StateStore
 
@@ -87,6 +87,20 @@ class CachedView:
         self._dirty: dict[bytes, Any] = {}
         # One packer per view, reused for every key: msgpack.packb builds a new one per call.
         self._packer = msgpack.Packer(use_bin_type=True)
+        self._flushers: list[Callable[[], None]] = []
+
+    def before_take(self, flush: Callable[[], None]) -> None:
+        """Call *flush* before the changes are taken (a checkpoint) or the entries iterated.
+
+        An operator that keeps its hottest values itself (a window's
+        accumulators, say) registers a *flush* that ``put``s them, so that they
+        reach the view once per checkpoint rather than once per batch.
+        """
+        self._flushers.append(flush)
+
+    def _flush(self) -> None:
+        for flush in self._flushers:
+            flush()
 
     def _key(self, key: Any) -> bytes:
         try:
@@ -123,6 +137,7 @@ class CachedView:
         Entries come in encoded-key order for committed keys, then the keys
         created since the last checkpoint.
         """
+        self._flush()
         seen: set[bytes] = set()
         for kb, vb in self._store.scan(self.name):
             seen.add(kb)
@@ -141,6 +156,7 @@ class CachedView:
     @property
     def dirty_count(self) -> int:
         """The number of keys changed since the last checkpoint."""
+        self._flush()
         return len(self._dirty)
 
     def take_changes(self) -> Changes:
@@ -149,6 +165,7 @@ class CachedView:
         Raises:
             NotSerializable: if a value cannot be encoded (the change set is kept).
         """
+        self._flush()
         keys: list[Any] = []
         values: list[Any] = []
         encoded: list[tuple[bytes, bytes | None]] = []

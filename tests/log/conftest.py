@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.kafka.noida import kafka_bootstrap_servers, register_marker
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
@@ -129,10 +131,26 @@ def shared_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerPr
     broker.kill()
 
 
-@pytest.fixture(params=["embedded", "broker"])
+def pytest_configure(config: pytest.Config) -> None:
+    register_marker(config)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Return ``bootstrap.servers`` of a Kafka-protocol test cluster (``tests/kafka/noida.py``)."""
+    yield from kafka_bootstrap_servers(tmp_path_factory)
+
+
+@pytest.fixture(params=["embedded", "broker", pytest.param("kafka", marks=pytest.mark.kafka)])
 def target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A log target: an embedded directory, or the URL of a broker subprocess."""
+    """A log target: an embedded directory, a broker subprocess's URL, or a Kafka cluster's.
+
+    The Kafka target is skipped (with the reason) where no Kafka-protocol broker can run.
+    """
     if request.param == "embedded":
         return str(tmp_path / "log")
+    if request.param == "kafka":
+        bootstrap: str = request.getfixturevalue("kafka_bootstrap")
+        return f"kafka://{bootstrap}"
     broker: BrokerProcess = request.getfixturevalue("shared_broker")
     return broker.url

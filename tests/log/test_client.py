@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import uuid
+from contextlib import asynccontextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -12,12 +16,17 @@ import trio.lowlevel
 
 import streamflow
 from streamflow import errors
-from streamflow.log import partition_for
+from streamflow.log import Log, partition_for
+from streamflow.log.broker import serve
 from streamflow.log.consumer import Consumer
+from streamflow.log.embedded import EmbeddedTransport
+from streamflow.log.fileio import FsyncFailed, OsFiles
+from streamflow.log.producer import Producer
 from streamflow.log.transport import (
     Assignment,
     Columns,
     Committed,
+    GroupDescription,
     ProducerIdentity,
     TopicDescription,
     TopicPartition,
@@ -25,12 +34,15 @@ from streamflow.log.transport import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+    from contextlib import AbstractAsyncContextManager
     from pathlib import Path
 
     from streamflow.log.record import RecordBatch
 
     from .conftest import BrokerProcess
+
+    Faulty = Callable[["FaultyFiles"], AbstractAsyncContextManager[Transport]]
 
 LONG = 60
 
@@ -407,3 +419,162 @@ async def test_describe_returns_the_transport_value_type(target: str, name: str)
             assert isinstance(joined, Assignment)
             assert await client.transport.heartbeat(name, joined.member_id, joined.generation)
             assert not await client.transport.heartbeat(name, "nobody", joined.generation)
+
+
+async def test_describe_group_shows_members_partitions_and_state(target: str, name: str) -> None:
+    options: dict[str, Any] = {"session_timeout_ms": 3_000, "heartbeat_interval_ms": 100}
+    with trio.fail_after(LONG):
+        async with streamflow.connect(target) as client:
+            await client.create_topic(name, partitions=4)
+            transport = client.transport
+            assert name not in await transport.list_groups()
+            assert (await transport.describe_group(name)).state == "dead"
+            async with (
+                client.consumer(name, group=name, **options) as a,
+                client.consumer(name, group=name, **options) as b,
+            ):
+                # a hears of b's join from its heartbeat and rejoins.
+                async for change in a.assignments():
+                    if len(change.partitions) == 2:
+                        break
+                desc = await transport.describe_group(name)
+                assert isinstance(desc, GroupDescription)
+                assert desc.group == name
+                assert desc.state == "stable"
+                owned = sorted(sorted(m.partitions) for m in desc.members)
+                assert owned == sorted([a.assignment(), b.assignment()])
+                assert sorted(a.assignment() + b.assignment()) == [(name, p) for p in range(4)]
+                assert all(m.topics == [name] for m in desc.members)
+                if not target.startswith("kafka://"):  # Kafka names members and generations
+                    assert {m.member_id for m in desc.members} == {a.member_id, b.member_id}
+                    assert desc.generation == a.generation == b.generation
+                assert name in await transport.list_groups()
+                await a.commit({tp: 0 for tp in a.assignment()})
+            after = await transport.describe_group(name)
+            assert (after.state, after.members) == ("empty", [])
+            assert name in await transport.list_groups()
+
+
+class FaultyFiles(OsFiles):
+    """The real file system, except that chosen writes or fsyncs fail."""
+
+    def __init__(self) -> None:
+        self.write_errors = 0  # the next n segment writes fail with ENOSPC
+        self.fsync_errors = 0  # the next n file fsyncs fail with EIO
+        self.segment_writes = 0
+        self._segments: set[int] = set()
+
+    def open(self, path: Path, *, create: bool = False, truncate: bool = False) -> int:
+        handle = super().open(path, create=create, truncate=truncate)
+        if ".log" in path.name:
+            self._segments.add(handle)
+        else:
+            self._segments.discard(handle)
+        return handle
+
+    def pwrite(self, handle: int, parts: Sequence[bytes | memoryview], position: int) -> None:
+        if handle in self._segments:
+            self.segment_writes += 1
+            if self.write_errors:
+                self.write_errors -= 1
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        super().pwrite(handle, parts, position)
+
+    def fsync(self, handle: int) -> None:
+        if self.fsync_errors:
+            self.fsync_errors -= 1
+            raise FsyncFailed(errno.EIO, os.strerror(errno.EIO))
+        super().fsync(handle)
+
+
+@pytest.fixture(params=["embedded", "broker"])
+def faulty(request: pytest.FixtureRequest, tmp_path: Path) -> Faulty:
+    """Open a transport over a log whose disk is *files*: in process, or behind a broker."""
+
+    @asynccontextmanager
+    async def open_transport(files: FaultyFiles) -> AsyncIterator[Transport]:
+        if request.param == "embedded":
+            log = await trio.to_thread.run_sync(partial(Log.open, tmp_path / "log", files=files))
+            transport = EmbeddedTransport(log, owns_log=True)
+            try:
+                yield transport
+            finally:
+                await transport.aclose()
+            return
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(partial(serve, tmp_path / "log", port=0, files=files))
+            async with streamflow.connect(f"tcp://127.0.0.1:{port}") as client:
+                yield client.transport
+            nursery.cancel_scope.cancel()
+
+    return open_transport
+
+
+async def stored_values(transport: Transport, topic: str) -> list[Any]:
+    fetched = await transport.fetch({(topic, 0): 0}, timeout=0)
+    return [v for batch in fetched.get((topic, 0), []) for v in batch.values]
+
+
+async def test_storage_errors_cross_the_wire_with_their_class_and_errno(faulty: Faulty) -> None:
+    files = FaultyFiles()
+    with trio.fail_after(LONG):
+        async with faulty(files) as transport:
+            await transport.create_topic("t", fsync="always")
+            files.write_errors = 1
+            with pytest.raises(errors.StorageError) as full:
+                await transport.append("t", 0, Columns([None], ["lost"]))
+            assert full.value.errno == errno.ENOSPC
+            assert "free disk space" in str(full.value)
+            assert await stored_values(transport, "t") == []
+            files.fsync_errors = 1
+            with pytest.raises(errors.PartitionOffline) as offline:
+                await transport.append("t", 0, Columns([None], ["unsure"]))
+            assert offline.value.errno == errno.EIO
+            assert "reopen the log" in str(offline.value)
+            # Offline for good: later appends fail without touching the disk.
+            writes = files.segment_writes
+            with pytest.raises(errors.PartitionOffline):
+                await transport.append("t", 0, Columns([None], ["later"]))
+            assert files.segment_writes == writes
+
+
+async def test_producer_retries_a_full_disk_until_space_returns(faulty: Faulty) -> None:
+    files = FaultyFiles()
+    with trio.fail_after(LONG):
+        async with faulty(files) as transport:
+            await transport.create_topic("t")
+            files.write_errors = 3
+            async with Producer(transport, delivery_timeout=LONG) as producer:
+                sent = await producer.send("t", "kept")
+            assert files.write_errors == 0
+            assert files.segment_writes == 4  # three refused, the fourth stored
+            assert sent.offset == 0
+            assert await stored_values(transport, "t") == ["kept"]
+
+
+async def test_producer_gives_up_on_a_full_disk_after_its_delivery_timeout(
+    faulty: Faulty,
+) -> None:
+    files = FaultyFiles()
+    with trio.fail_after(LONG):
+        async with faulty(files) as transport:
+            await transport.create_topic("t")
+            files.write_errors = 1_000_000
+            async with Producer(transport, delivery_timeout=0.5) as producer:
+                with pytest.raises(errors.StorageError):
+                    await producer.send("t", "refused")
+            assert files.segment_writes >= 2  # retried before giving up
+            files.write_errors = 0
+            assert await stored_values(transport, "t") == []
+
+
+async def test_producer_never_retries_after_a_failed_fsync(faulty: Faulty) -> None:
+    files = FaultyFiles()
+    with trio.fail_after(LONG):
+        async with faulty(files) as transport:
+            await transport.create_topic("t", fsync="always")
+            files.fsync_errors = 1
+            async with Producer(transport, delivery_timeout=LONG) as producer:
+                with pytest.raises(errors.PartitionOffline):
+                    await producer.send("t", "unsure")
+            assert files.segment_writes == 1  # one attempt, no retry

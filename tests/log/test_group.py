@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from streamflow.errors import InvalidTopicName, RebalanceInProgress, UnknownTopic
 from streamflow.log.group import (
+    REBALANCE_TIMEOUT,
     GroupCoordinator,
     assign_range,
     assign_round_robin,
@@ -205,3 +206,93 @@ async def test_rejoin_when_stable_returns_the_current_assignment(
         first = await coordinator.join("g", ["t"], member_id="a")
         again = await coordinator.join("g", ["t"], member_id="a")
     assert again == first
+
+
+async def test_a_busy_member_that_heartbeats_is_waited_for_beyond_its_session(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    coordinator = _coordinator()
+    with trio.fail_after(120):
+        joined = await _join_all(coordinator, ["a", "b"], ["t"], session_ms=1_500)
+        gen = joined["a"].generation
+        async with trio.open_nursery() as nursery:
+            got: dict[str, Assignment] = {}
+
+            async def join_c() -> None:
+                got["c"] = await coordinator.join(
+                    "g", ["t"], member_id="c", session_timeout_ms=1_500
+                )
+
+            nursery.start_soon(join_c)
+            await trio.sleep(0.1)
+            # a and b finish a batch that outlasts their session (10 s here), heartbeating.
+            for _ in range(20):
+                assert not await coordinator.heartbeat("g", "a", gen)
+                assert not await coordinator.heartbeat("g", "b", gen)
+                assert coordinator.describe("g").state == "rebalancing"
+                await trio.sleep(0.5)
+            # Their commits of the old generation are still accepted meanwhile.
+            coordinator.check_commit("g", "a", gen, joined["a"].partitions)
+
+            async def rejoin(member_id: str) -> None:
+                got[member_id] = await coordinator.join(
+                    "g", ["t"], member_id=member_id, session_timeout_ms=1_500
+                )
+
+            nursery.start_soon(rejoin, "a")
+            nursery.start_soon(rejoin, "b")
+    assert {a.generation for a in got.values()} == {gen + 1}
+    assert sorted(tp for a in got.values() for tp in a.partitions) == [("t", p) for p in range(6)]
+    assert all(len(a.partitions) == 2 for a in got.values())
+
+
+async def test_a_member_that_heartbeats_but_never_rejoins_is_dropped_at_the_rebalance_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    coordinator = _coordinator()
+    with trio.fail_after(600):
+        joined = await _join_all(coordinator, ["a"], ["t"], session_ms=1_500)
+        gen = joined["a"].generation
+        start = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            got: dict[str, Assignment] = {}
+
+            async def join_c() -> None:
+                got["c"] = await coordinator.join(
+                    "g", ["t"], member_id="c", session_timeout_ms=1_500
+                )
+
+            async def stuck_a() -> None:
+                while await coordinator.heartbeat("g", "a", gen) is False:
+                    if "c" in got:
+                        return
+                    await trio.sleep(0.5)
+
+            nursery.start_soon(join_c)
+            await trio.sleep(0.1)
+            nursery.start_soon(stuck_a)
+        waited = trio.current_time() - start
+    assert REBALANCE_TIMEOUT <= waited <= REBALANCE_TIMEOUT + 2
+    assert got["c"].partitions == [("t", p) for p in range(6)]
+    assert [m.member_id for m in coordinator.describe("g").members] == ["c"]
+
+
+async def test_describe_reports_members_assignment_generation_and_state(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    coordinator = _coordinator()
+    assert coordinator.describe("g").state == "dead"
+    with trio.fail_after(60):
+        joined = await _join_all(coordinator, ["a", "b"], ["t", "u"])
+    desc = coordinator.describe("g")
+    assert desc.state == "stable"
+    assert desc.generation == joined["a"].generation
+    assert {m.member_id: m.partitions for m in desc.members} == {
+        member_id: a.partitions for member_id, a in joined.items()
+    }
+    assert all(m.topics == ["t", "u"] for m in desc.members)
+    assert coordinator.groups() == ["g"]
+    await coordinator.leave("g", "a")
+    assert coordinator.describe("g").state == "rebalancing"
+    await coordinator.leave("g", "b")
+    assert (coordinator.describe("g").state, coordinator.describe("g").members) == ("empty", [])

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from streamflow import errors
 from streamflow.log.record import RecordBatch
-from streamflow.log.transport import Columns
+from streamflow.log.transport import Columns, GroupDescription, MemberDescription
 from streamflow.log.wire import (
     HEADER,
     ErrorReply,
@@ -24,8 +24,10 @@ from streamflow.log.wire import (
     decode_batch,
     decode_body,
     decode_columns,
+    decode_group,
     encode_batch,
     encode_columns,
+    encode_group,
     error_frame,
     error_from_wire,
     error_to_wire,
@@ -112,6 +114,8 @@ def test_bodies_of_the_wrong_shape_are_refused() -> None:
         errors.InvalidTopicName("../x"),
         errors.RebalanceInProgress("stale"),
         errors.DuplicateSequence(1, 2, 3),
+        errors.StorageError("append on t[0]", OSError(28, "No space left on device")),
+        errors.PartitionOffline("t[0]", OSError(5, "Input/output error")),
         ValueError("bad"),
     ],
 )
@@ -124,6 +128,37 @@ def test_errors_cross_the_wire_with_class_message_and_data(exc: Exception) -> No
     for key, value in vars(exc).items():
         expected = str(value) if isinstance(value, Path) else value
         assert getattr(rebuilt, key) == expected
+
+
+names = st.text(st.characters(codec="utf-8"), min_size=1, max_size=20)
+
+
+@given(
+    state=st.sampled_from(["stable", "rebalancing", "empty", "dead"]),
+    generation=st.integers(0, 2**31),
+    members=st.lists(
+        st.builds(
+            MemberDescription,
+            names,
+            st.lists(names, max_size=3),
+            st.lists(st.tuples(names, st.integers(0, 1000)), max_size=5),
+        ),
+        max_size=4,
+    ),
+)
+def test_group_descriptions_round_trip(
+    state: str, generation: int, members: list[MemberDescription]
+) -> None:
+    desc = GroupDescription("g", state, generation, members)
+    body = decode_body(_body(response_frame(1, encode_group(desc))))
+    assert isinstance(body, Response)
+    assert decode_group(body.result) == desc
+
+
+def test_malformed_group_descriptions_are_protocol_errors() -> None:
+    for bad in (None, {}, {"group": "g", "state": "stable", "generation": 1, "members": [[1]]}):
+        with pytest.raises(errors.ProtocolError):
+            decode_group(bad)
 
 
 def test_foreign_errors_become_streamflow_errors() -> None:

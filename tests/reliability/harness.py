@@ -13,10 +13,19 @@ it when a test fails, so ``STREAMFLOW_SEED=<n> pytest <test>`` replays it.
 Figures: ``report(test_id, seed, **figures)`` appends one JSON line to
 ``$STREAMFLOW_RELIABILITY_REPORT`` (default ``<pytest basetemp>/reliability.jsonl``,
 printed at the end of the run).
+
+Client processes (R3, R10, R11): ``start_producer`` and ``start_reader`` run
+``python -m tests.reliability.harness producer|reader ...``, which send unique
+values ``"<producer>:<seq>"`` through an idempotent producer, or poll a topic,
+and write what happened as JSON lines (``{"invoke": [...]}``, ``{"ok": [[value,
+partition, offset], ...]}``, ``{"info": [...]}``, ``{"polled": [[partition,
+offset, value], ...]}``); ``load_sends``/``load_polls`` feed those files to a
+``History``, and ``read_topic`` reads a whole topic back for its final log.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
@@ -30,7 +39,9 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
+
+    from .history import History
 
 READY_TIMEOUT: Final = 60.0
 REPO: Final = Path(__file__).resolve().parents[2]
@@ -256,3 +267,271 @@ class Broker:
         self.kill()
         self.restarts += 1
         self.start(failpoint)
+
+
+# -- client processes -------------------------------------------------------------------------
+
+
+def start_producer(
+    url: str,
+    topic: str,
+    name: str,
+    sends_path: Path,
+    *,
+    log_path: Path,
+    stop_path: Path,
+    tasks: int = 2,
+    chunk: int = 100,
+    count: int = 1 << 40,
+    pause_ms: int = 0,
+    churn_topic: str | None = None,
+) -> Child:
+    """Start a producer process; it prints ``READY`` once connected.
+
+    Each of its *tasks* sends values ``"<name>.<task>:<seq>"`` (seq from 0) in
+    chunks of *chunk* with ``send_many`` (no key: round-robin), one chunk at a
+    time, until *count* values per task are sent or *stop_path* exists, and
+    writes every send's fate to *sends_path* (module docstring). With
+    *churn_topic*, one more task writes keyed records there (few keys, so
+    compaction and retention have work). It prints ``DONE`` at the end.
+    """
+    args = [url, topic, name, str(sends_path), str(stop_path)]
+    args += ["--tasks", str(tasks), "--chunk", str(chunk), "--count", str(count)]
+    args += ["--pause-ms", str(pause_ms)]
+    if churn_topic is not None:
+        args += ["--churn", churn_topic]
+    return start_python(
+        "tests.reliability.harness", "producer", *args, log_path=log_path, module=True
+    )
+
+
+def start_reader(
+    url: str,
+    topic: str,
+    polls_path: Path,
+    *,
+    log_path: Path,
+    stop_path: Path,
+    max_records: int = 2000,
+    pause_ms: int = 0,
+    drain: bool = True,
+) -> Child:
+    """Start a consumer process reading *topic* from the earliest offset.
+
+    It prints ``READY`` once its consumer is open, writes every poll to
+    *polls_path*, sleeps *pause_ms* after each poll (a slow consumer), rides
+    out broker restarts, and stops at the first empty poll once *stop_path*
+    exists (at once, without *drain*), printing ``DONE``.
+    """
+    args = [url, topic, str(polls_path), str(stop_path)]
+    args += ["--max-records", str(max_records), "--pause-ms", str(pause_ms)]
+    if not drain:
+        args.append("--no-drain")
+    return start_python(
+        "tests.reliability.harness", "reader", *args, log_path=log_path, module=True
+    )
+
+
+def _json_lines(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue  # a killed writer may leave half a line
+    return out
+
+
+def load_sends(history: History, path: Path) -> int:
+    """Feed a producer's sends file to *history*; return how many sends were acknowledged.
+
+    Values invoked without an outcome (the producer was stopped, or still
+    waiting) count as unknown (``info``).
+    """
+    acked = 0
+    pending: set[str] = set()
+    for line in _json_lines(path):
+        for value in line.get("invoke", ()):
+            history.invoke(value)
+            pending.add(value)
+        for value, partition, offset in line.get("ok", ()):
+            history.ok(value, partition, offset)
+            pending.discard(value)
+            acked += 1
+        for value in line.get("info", ()):
+            history.info(value)
+            pending.discard(value)
+    for value in pending:
+        history.info(value)
+    return acked
+
+
+def load_polls(history: History, consumer: str, path: Path) -> int:
+    """Feed a reader's polls file to *history*; return how many records it read."""
+    n = 0
+    for line in _json_lines(path):
+        for partition, offset, value in line.get("polled", ()):
+            history.poll(consumer, partition, offset, value)
+            n += 1
+    return n
+
+
+def ack_latencies_ms(path: Path) -> list[float]:
+    """Return how long each acknowledged ``send_many`` chunk in a sends file took (ms)."""
+    return [float(line["ms"]) for line in _json_lines(path) if "ms" in line]
+
+
+def count_acks(path: Path, start: int = 0) -> tuple[int, int]:
+    """Return ``(acknowledged values, next position)`` in *path* from byte *start* on.
+
+    Reads only whole lines, so calling it again from the returned position
+    counts only what was written since.
+    """
+    try:
+        with open(path, "rb") as f:
+            f.seek(start)
+            data = f.read()
+    except FileNotFoundError:
+        return 0, start
+    end = data.rfind(b"\n") + 1
+    n = 0
+    for line in data[:end].splitlines():
+        if line.startswith(b'{"ok"'):
+            n += len(json.loads(line)["ok"])
+    return n, start + end
+
+
+async def read_topic(url: str, topic: str, timeout: float = 120.0) -> dict[int, list[Any]]:
+    """Return every record of *topic* as ``{partition: [(offset, value), ...]}``."""
+    import trio
+
+    import streamflow
+
+    out: dict[int, list[Any]] = {}
+    with trio.fail_after(timeout):
+        async with streamflow.connect(url, reconnect_timeout=timeout) as client:
+            desc = await client.describe(topic)
+            ends = {p.partition: p.end_offset for p in desc.partitions}
+            out = {p: [] for p in ends}
+            async with client.consumer(topic) as consumer:
+                done = 0
+                while done < len(ends):
+                    for r in await consumer.poll(max_records=10_000, timeout=0.2):
+                        out[r.partition].append((r.offset, r.value))
+                    done = 0
+                    for p, end in ends.items():
+                        done += end == 0 or await consumer.position(p) >= end
+    return out
+
+
+def _stop_check(path: str) -> Callable[[], bool]:
+    return lambda: os.path.exists(path)
+
+
+async def _run_producer(options: argparse.Namespace, out: IO[str]) -> None:
+    import trio
+
+    import streamflow
+
+    stopped = _stop_check(options.stop)
+
+    def write(kind: str, items: list[Any]) -> None:
+        out.write(json.dumps({kind: items}) + "\n")
+
+    async def run(producer: Any, task: int) -> None:
+        seq = 0
+        while seq < options.count and not stopped():
+            values = [f"{options.name}.{task}:{s}" for s in range(seq, seq + options.chunk)]
+            seq += options.chunk
+            write("invoke", values)
+            started = trio.current_time()
+            try:
+                metas = await producer.send_many(options.topic, values)
+            except Exception as exc:  # outcome unknown: some may be stored
+                print(f"send failed: {exc!r}", file=sys.stderr)
+                write("info", values)
+                continue
+            rows = [[v, m.partition, m.offset] for v, m in zip(values, metas, strict=True)]
+            ms = round((trio.current_time() - started) * 1000, 2)
+            out.write(json.dumps({"ok": rows, "ms": ms}) + "\n")
+            if options.pause_ms:
+                await trio.sleep(options.pause_ms / 1000)
+
+    async def churn(producer: Any, topic: str) -> None:
+        i = 0
+        while not stopped():
+            values = list(range(i, i + 50))
+            try:
+                await producer.send_many(topic, values, keys=[v % 16 for v in values])
+            except Exception as exc:
+                print(f"churn send failed: {exc!r}", file=sys.stderr)
+            i += 50
+
+    async with streamflow.connect(options.url, reconnect_timeout=120) as client:
+        async with client.producer(delivery_timeout=600) as producer:
+            print("READY", flush=True)
+            async with trio.open_nursery() as nursery:
+                if options.churn:
+                    nursery.start_soon(churn, producer, options.churn)
+                async with trio.open_nursery() as senders:
+                    for task in range(options.tasks):
+                        senders.start_soon(run, producer, task)
+                nursery.cancel_scope.cancel()
+    print("DONE", flush=True)
+
+
+async def _run_reader(options: argparse.Namespace, out: IO[str]) -> None:
+    import trio
+
+    import streamflow
+    from streamflow.errors import BrokerUnavailable
+
+    stopped = _stop_check(options.stop)
+    async with streamflow.connect(options.url, reconnect_timeout=120) as client:
+        async with client.consumer(options.topic) as consumer:
+            print("READY", flush=True)
+            while True:
+                try:
+                    records = await consumer.poll(max_records=options.max_records, timeout=0.5)
+                except BrokerUnavailable as exc:
+                    print(f"poll failed: {exc!r}", file=sys.stderr)
+                    continue
+                if records:
+                    rows = [[r.partition, r.offset, r.value] for r in records]
+                    out.write(json.dumps({"polled": rows}) + "\n")
+                if (not records or options.no_drain) and stopped():
+                    break
+                if options.pause_ms:
+                    await trio.sleep(options.pause_ms / 1000)
+    print("DONE", flush=True)
+
+
+def _main(argv: list[str]) -> None:
+    import trio
+
+    parser = argparse.ArgumentParser(prog="python -m tests.reliability.harness")
+    roles = parser.add_subparsers(dest="role", required=True)
+    producer = roles.add_parser("producer")
+    for name in ("url", "topic", "name", "sends", "stop"):
+        producer.add_argument(name)
+    producer.add_argument("--tasks", type=int, default=2)
+    producer.add_argument("--chunk", type=int, default=100)
+    producer.add_argument("--count", type=int, default=1 << 40)
+    producer.add_argument("--pause-ms", type=int, default=0)
+    producer.add_argument("--churn", default=None)
+    reader = roles.add_parser("reader")
+    for name in ("url", "topic", "polls", "stop"):
+        reader.add_argument(name)
+    reader.add_argument("--max-records", type=int, default=2000)
+    reader.add_argument("--pause-ms", type=int, default=0)
+    reader.add_argument("--no-drain", action="store_true")
+    options = parser.parse_args(argv)
+    path = options.sends if options.role == "producer" else options.polls
+    with open(path, "a", buffering=1) as out:
+        trio.run(_run_producer if options.role == "producer" else _run_reader, options, out)
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])

@@ -13,7 +13,13 @@ returns the anomalies:
 * ``unexpected``: a value in the log that nobody sent (garbage served);
 * ``failed_present``: a send reported as failed whose value is in the log;
 * ``backwards`` / ``skipped``: a consumer's polls of a partition went back, or
-  jumped over a record that is in the final log.
+  jumped over a record that is in the final log;
+* ``reordered`` (only with ``check(order=True)``): two values of one producer
+  (the part before the last ``:``) stored in one partition against the order
+  of their sequence numbers (the part after it).
+
+An acknowledgement with offset -1 (a retried batch the log recognised as
+stored, whose place it no longer knows) counts for ``lost`` only.
 
 Only acknowledgements the harness *received* count for ``lost``; ``info`` sends
 may appear once or not at all, never twice.
@@ -36,6 +42,7 @@ class Anomalies:
     failed_present: list[str] = field(default_factory=list)
     backwards: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    reordered: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         """Return the number of anomalies of each kind."""
@@ -93,8 +100,12 @@ class History:
         """Record the whole of *partition* as read back at the end: ``(offset, value)``."""
         self.final[partition] = records
 
-    def check(self) -> Anomalies:
-        """Return every anomaly of the history (module docstring)."""
+    def check(self, *, order: bool = False) -> Anomalies:
+        """Return every anomaly of the history (module docstring).
+
+        With *order*, also check that each producer's values are stored in
+        sequence order within each partition.
+        """
         found = Anomalies()
         where: dict[str, tuple[int, int]] = {}
         counts: Counter[str] = Counter()
@@ -111,7 +122,10 @@ class History:
         for value, place in sorted(self.acked.items()):
             if value not in counts:
                 found.lost.append(value)
-            elif where[value] != place:
+                continue
+            if place[1] < 0:
+                continue
+            if where[value] != place:
                 found.inconsistent.append(f"{value} acked at {place}, stored at {where[value]}")
             other = owners.setdefault(place, value)
             if other != value:
@@ -133,4 +147,23 @@ class History:
                     if rank[offset] != rank[last] + 1:
                         found.skipped.append(f"{consumer} {partition}: {last} -> {offset}")
                 last = offset
+        if order:
+            found.reordered = self._reordered()
         return found
+
+    def _reordered(self) -> list[str]:
+        out: list[str] = []
+        for partition, records in sorted(self.final.items()):
+            last: dict[str, tuple[int, int]] = {}
+            for offset, value in records:
+                producer, _, seq = str(value).rpartition(":")
+                if not seq.isdigit():
+                    continue
+                before = last.get(producer)
+                if before is not None and int(seq) <= before[0]:
+                    out.append(
+                        f"{producer} in {partition}: seq {seq} at {offset} after "
+                        f"seq {before[0]} at {before[1]}"
+                    )
+                last[producer] = (int(seq), offset)
+        return out
