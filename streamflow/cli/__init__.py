@@ -22,6 +22,8 @@ runs the pipeline a job file defines (``--metrics-port N`` serves its metrics
 to Prometheus); ``describe JOB.py`` prints its plan. ``status --broker TARGET``
 prints a table of topics and consumer groups with their lag, and ``top
 --broker TARGET`` keeps that view refreshing in the terminal.
+``mirror SRC DST --topics a,b --from-beginning`` copies topics between two
+targets (directories, brokers, ``kafka://`` clusters), in either direction.
 
 Errors print one line, ``error: ...``, on stderr: exit status 2 for a usage
 mistake, 1 for anything else (a streamflow error, bad input, an I/O failure).
@@ -30,7 +32,7 @@ mistake, 1 for anything else (a streamflow error, bad input, an I/O failure).
 from __future__ import annotations
 
 # Importing the command modules registers their commands on ``main``.
-from . import jobs, records, status, topics  # noqa: F401
+from . import jobs, mirror, records, status, topics  # noqa: F401
 from .app import main
 
 __all__ = ["main"]

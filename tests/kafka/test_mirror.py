@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from typing import TYPE_CHECKING
 
@@ -81,3 +83,35 @@ async def test_mirror_from_the_end_copies_nothing_old(
         async with streamflow.connect(tmp_path / "src", cleaner=False) as src:
             assert await mirror(src, kafka, [topic], from_beginning=False) == {topic: 0}
     assert [p.end_offset for p in (await kafka.describe(topic)).partitions] == [0, 0, 0]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``streamflow ARGS`` as a user would; fail the test on a non-zero exit."""
+    return subprocess.run(
+        [sys.executable, "-m", "streamflow.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+
+
+async def test_mirror_command_round_trip_embedded_to_kafka_to_embedded(
+    tmp_path: Path, kafka_url: str, new_topic: Callable[[], str]
+) -> None:
+    topic = new_topic()
+    original = fill(tmp_path / "src", topic)
+    out = run_cli("mirror", str(tmp_path / "src"), kafka_url, "--topics", topic, "--from-beginning")
+    assert out.stdout == f"{topic}: {len(original)} records copied\n"
+    back = run_cli(
+        "mirror", kafka_url, str(tmp_path / "dst"), "--topics", f"{topic},", "--from-beginning"
+    )
+    assert back.stdout == f"{topic}: {len(original)} records copied\n"
+    assert shape(read_all(tmp_path / "dst", topic)) == shape(original)
+    # Without --from-beginning only new records would be copied: none here.
+    again = run_cli("mirror", kafka_url, str(tmp_path / "dst"), "--topics", topic)
+    assert again.stdout == f"{topic}: 0 records copied\n"
+    assert "--from-beginning" in again.stderr
+    with pytest.raises(subprocess.CalledProcessError) as info:
+        run_cli("mirror", kafka_url, str(tmp_path / "dst"), "--topics", " , ")
+    assert "--topics names no topic" in info.value.stderr
