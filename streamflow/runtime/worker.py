@@ -329,6 +329,12 @@ class TaskRunner:
             _, end = await job.transport.offsets(*tp)
             if self.positions[tp] < end:
                 return False
+        if job.use_groups:
+            # Other processes may still run upstream tasks: this process's
+            # `done` flags only speak for its own.
+            for name in self.stage.upstream:
+                if not await _committed_through(job, job.plan.stage(name)):
+                    return False
         return True
 
     async def _run_locals(self) -> bool:
@@ -620,6 +626,35 @@ class _ReadAhead:
         """Return the batches read, or {} when the task is no longer at those positions."""
         await self.done.wait()
         return self.found if positions == self.positions else {}
+
+
+async def _committed_through(job: Job, stage: Stage) -> bool:
+    """Return whether *stage* and every stage before it, in every process, are done.
+
+    A stage is done when its group has committed the end offset of every
+    partition of its input topics. Stages are checked from the sources down:
+    a task commits only after its outputs are appended, so once a stage has
+    committed all its input, everything it will ever write to the next
+    repartition topic is there.
+    """
+    for name in stage.upstream:
+        if not await _committed_through(job, job.plan.stage(name)):
+            return False
+    tps = [
+        (i.topic, p)
+        for i in stage.inputs
+        if i.topic is not None
+        for p in range(job.layout.topic_partitions[i.topic])
+    ]
+    if not tps:
+        return job.done[stage.name].is_set()
+    group = f"{job.plan.pipeline.name}.{stage.name}"
+    committed = await job.transport.committed(group, tps)
+    for tp in tps:
+        start, end = await job.transport.offsets(*tp)
+        if (committed[tp].offset if tp in committed else start) < end:
+            return False
+    return True
 
 
 async def run_stage(job: Job, stage: Stage) -> None:

@@ -130,3 +130,63 @@ async def test_sigterm_drains_and_commits(tmp_path: Path) -> None:
     # Everything committed was written; nothing committed was lost.
     assert sum(stage0.values()) <= len(await read(target, "shared.s1.repartition"))
     assert len(out) <= 300
+
+
+WINDOW_JOB = textwrap.dedent(
+    """
+    import time
+    from streamflow import Pipeline, windows
+
+    def slow(v):
+        # One source partition (round-robin: v % 4 == 3) is slow, so one process
+        # still writes the repartition topic long after the other is idle.
+        time.sleep(0.004 if v % 4 == 3 else 0.0)
+        return v
+
+    pipeline = Pipeline("idle")
+    (pipeline.source("in", timestamp=lambda v: v * 10)
+        .map(slow)
+        .key_by(lambda v: v % 7)
+        # Grace past the end of the input: windows close only when the run ends,
+        # so a stage that finishes early shows up as short counts.
+        .window(windows.tumbling(seconds=10), grace_ms=100_000)
+        .count("per-window")
+        .sink("out"))
+    """
+)
+
+
+async def test_until_idle_waits_for_upstream_tasks_of_every_process(
+    broker: str, tmp_path: Path
+) -> None:
+    n = 3000
+    await produce(broker, "in", list(range(n)), partitions=4)
+    job = tmp_path / "job.py"
+    job.write_text(WINDOW_JOB)
+    worker = [
+        "-m",
+        "streamflow.runtime",
+        str(job),
+        broker,
+        "--until-idle",
+        "--commit-interval-ms",
+        "100",
+        "--session-timeout-ms",
+        "3000",
+        "--state-dir",
+        str(tmp_path / "state"),
+    ]
+    procs = [spawn(*worker, pipe=False), spawn(*worker, pipe=False)]
+    try:
+        with trio.fail_after(120):
+            codes = [await trio.to_thread.run_sync(p.wait) for p in procs]
+    finally:
+        for p in procs:
+            stop(p)
+    assert codes == [0, 0]
+    expected: dict[tuple[int, int], int] = {}
+    for v in range(n):
+        window = (v * 10) // 10_000 * 10_000
+        expected[(v % 7, window)] = expected.get((v % 7, window), 0) + 1
+    got = {(r.value["key"], r.value["start"]): r.value["value"] for r in await read(broker, "out")}
+    assert got == expected
