@@ -204,6 +204,10 @@ class FetchPool:
                 if error.code() == KafkaError._AUTO_OFFSET_RESET:
                     asked = positions.get(tp, -1)
                     start, end = watermarks(self._admin, [KafkaPartition(*tp)])[partition]
+                    if start <= asked <= end:
+                        # A stale event from an earlier fetch at another position
+                        # of this pooled consumer: the asked position is fine.
+                        continue
                     raise OffsetOutOfRange(topic, partition, asked, start, end)
                 raise translate(error, self._bootstrap, topic=topic, partition=partition)
             offset = m.offset()
