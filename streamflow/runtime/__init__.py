@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from .run import run, run_async, run_job_file
+from .stage import run_stage
 from .task import Outbox, TaskEngine
-from .worker import Job, TaskRunner, producer_id, run_stage
+from .worker import Job, TaskRunner, producer_id
 
 __all__ = [
     "Job",

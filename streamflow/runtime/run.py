@@ -27,7 +27,8 @@ from streamflow.errors import (
 from streamflow.pipeline import load_job, plan, resolve
 
 from .metrics import JobMetrics, run_metrics_server, run_progress
-from .worker import Job, run_stage
+from .stage import run_stage
+from .worker import Job
 
 if TYPE_CHECKING:
     import os

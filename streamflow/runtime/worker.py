@@ -16,20 +16,18 @@ repeats the same sequence numbers and the log drops the duplicates. A stage
 that feeds a repartition topic does the same under ``at_least_once`` too, so
 that the next stage's state never folds a record twice.
 
-With a broker, each stage joins its group and runs tasks for the partitions it
-is given; when the group rebalances, the tasks stop, commit and the stage
-rejoins.
+How a stage's tasks are started, alone or in a consumer group, is
+``stage.py``.
 """
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import itertools
 import json
 import logging
 import time
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -91,7 +89,7 @@ class Job:
         return self.processing == "exactly_once"
 
 
-class _Rebalance(Exception):
+class Revoked(Exception):
     """The stage's group moved on; its tasks stop and the stage rejoins."""
 
 
@@ -554,7 +552,7 @@ class TaskRunner:
             if final:
                 logger.info("%s: final commit skipped (%s)", self.group, exc)
                 return
-            raise _Rebalance(str(exc)) from exc
+            raise Revoked(str(exc)) from exc
 
 
 def _dir_bytes(path: Path) -> int:
@@ -563,35 +561,6 @@ def _dir_bytes(path: Path) -> int:
         return sum(entry.stat().st_size for entry in path.iterdir() if entry.is_file())
     except FileNotFoundError:
         return 0
-
-
-#: Allocations between young-generation collections while stages run (CPython's default: 700).
-GC_YOUNG_THRESHOLD: Final = 100_000
-_gc_users = 0
-_gc_saved: tuple[int, int, int] | None = None
-
-
-@contextmanager
-def batch_sized_gc() -> Iterator[None]:
-    """Let the cyclic GC run once per ~100,000 allocations while stages run, then restore it.
-
-    A decoded batch is tens of thousands of live containers; at CPython's
-    default threshold (700) the collector runs hundreds of times per batch and
-    each older-generation pass walks all of them again (measured: 25-38 % of
-    the CPU time of the keyed workloads). Collection still happens, just in
-    steps the size of a batch. Nested and concurrent uses share one setting.
-    """
-    global _gc_users, _gc_saved
-    if _gc_users == 0:
-        _gc_saved = gc.get_threshold()
-        gc.set_threshold(max(GC_YOUNG_THRESHOLD, _gc_saved[0]), *_gc_saved[1:])
-    _gc_users += 1
-    try:
-        yield
-    finally:
-        _gc_users -= 1
-        if _gc_users == 0 and _gc_saved is not None:
-            gc.set_threshold(*_gc_saved)
 
 
 @asynccontextmanager
@@ -655,69 +624,3 @@ async def _committed_through(job: Job, stage: Stage) -> bool:
         if (committed[tp].offset if tp in committed else start) < end:
             return False
     return True
-
-
-async def run_stage(job: Job, stage: Stage) -> None:
-    """Run every task of *stage* until cancelled (or drained under ``until_idle``)."""
-    try:
-        with batch_sized_gc():
-            if job.use_groups and any(i.topic is not None for i in stage.inputs):
-                await _run_stage_in_group(job, stage)
-            else:
-                async with trio.open_nursery() as nursery:
-                    for partition in range(job.layout.tasks[stage.name]):
-                        nursery.start_soon(TaskRunner(job, stage, partition).run)
-    finally:
-        job.done[stage.name].set()
-
-
-async def _run_stage_in_group(job: Job, stage: Stage) -> None:
-    transport = job.transport
-    group = f"{job.plan.pipeline.name}.{stage.name}"
-    topics = [i.topic for i in stage.inputs if i.topic is not None]
-    primary = max(topics, key=lambda t: job.layout.topic_partitions[t])
-    member_id: str | None = None
-    try:
-        while True:
-            assignment = await transport.join_group(
-                group, [primary], member_id=member_id, session_timeout_ms=job.session_timeout_ms
-            )
-            member_id = assignment.member_id
-            member = (member_id, assignment.generation)
-            partitions = sorted({p for _, p in assignment.partitions})
-            logger.info("%s: member %s runs partitions %s", group, member_id, partitions)
-            rejoin = False
-            try:
-                async with trio.open_nursery() as outer:
-                    revoked = trio.CancelScope()
-
-                    async def heartbeat(revoked: trio.CancelScope, member: tuple[str, int]) -> None:
-                        nonlocal rejoin
-                        # Heartbeats go on while the tasks finish their batch and commit,
-                        # so the group waits for those commits instead of dropping us.
-                        while True:
-                            await trio.sleep(job.session_timeout_ms / 3000)
-                            if not await transport.heartbeat(group, *member):
-                                rejoin = True
-                                revoked.cancel()
-
-                    outer.start_soon(heartbeat, revoked, member)
-                    with revoked:
-                        async with trio.open_nursery() as tasks:
-                            for p in partitions:
-                                tasks.start_soon(TaskRunner(job, stage, p, member).run)
-                        if not job.until_idle:
-                            await trio.sleep_forever()
-                    outer.cancel_scope.cancel()
-            except* _Rebalance:
-                rejoin = True
-            if not rejoin:
-                return
-            logger.info("%s: rebalancing", group)
-    finally:
-        if member_id is not None:
-            with trio.move_on_after(SHUTDOWN_TIMEOUT, shield=True):
-                try:
-                    await transport.leave_group(group, member_id)
-                except Exception as exc:  # leaving is best effort: the session expires anyway
-                    logger.info("%s: leave_group failed (%s)", group, exc)
