@@ -463,7 +463,7 @@ class Partition:
         last = segments[-1]
         for segment in segments:
             seg_limit = limit if segment is last else segment.size
-            batches, used, count = segment.read(
+            batches, used, count, complete = segment.read(
                 offset, seg_limit, bytes_left if not out else max(bytes_left, 0), records_left
             )
             if out and used > bytes_left:
@@ -471,7 +471,9 @@ class Partition:
             out.extend(batches)
             bytes_left -= used
             records_left -= count
-            if records_left <= 0 or (out and bytes_left <= 0):
+            # A segment that stopped early (budget or record limit) ends the read:
+            # going on to the next one would skip the rest of this one.
+            if not complete or records_left <= 0 or (out and bytes_left <= 0):
                 break
         return out
 

@@ -355,19 +355,21 @@ class Segment:
 
     def read(
         self, offset: int, limit: int, max_bytes: int, max_records: int
-    ) -> tuple[list[RecordBatch], int, int]:
+    ) -> tuple[list[RecordBatch], int, int, bool]:
         """Return the batches holding offsets >= *offset*, below byte *limit*. Blocking.
 
         Stops before a batch that would take the total past *max_bytes* (except
         the first) or once *max_records* records are in hand; the last batch is
-        cut to fit. Returns ``(batches, bytes, records)``.
+        cut to fit. Returns ``(batches, bytes, records, complete)``, where
+        *complete* says that every batch up to *limit* was read: a caller that
+        goes on to the next segment after an incomplete read would skip records.
         """
         chunk = max(READ_CHUNK, min(max_bytes, MAX_READ_CHUNK))
         out: list[RecordBatch] = []
         used = count = 0
         for position, header, window in self._batches(offset, limit, chunk):
             if out and used + header.size > max_bytes:
-                break
+                return out, used, count, False
             batch = self.read_batch(position, header, window)
             used += header.size
             if header.base_offset < offset:
@@ -376,13 +378,12 @@ class Segment:
                 continue
             if count + len(batch) >= max_records:
                 out.append(slice_batch(batch, 0, max_records - count))
-                count = max_records
-                break
+                return out, used, max_records, False
             out.append(batch)
             count += len(batch)
             if used >= max_bytes:
-                break
-        return out, used, count
+                return out, used, count, position + header.size >= limit
+        return out, used, count, True
 
     def last_batch_ok(self) -> bool:
         """Return whether the last tracked batch passes its CRC. Blocking."""

@@ -69,6 +69,28 @@ def test_read_limits_records_across_batches_and_segments(tmp_path: Path) -> None
         assert [r.offset for r in p.read(95)] == list(range(95, 100))
 
 
+def test_a_byte_budget_ending_inside_a_segment_never_skips_records(tmp_path: Path) -> None:
+    # Batches of 1 to 9 records over 4 KiB segments: a budget that runs out in
+    # one segment must end the read there, not go on with the next segment.
+    with Log.open(tmp_path) as log:
+        log.create_topic("t", segment_bytes=4096)
+        p = log.partition("t", 0)
+        offset = 0
+        for n in [1, 9, 3, 7, 2, 8, 5, 4, 6] * 12:
+            p.append_columns(list(range(offset, offset + n)), ["v" * (offset % 50)] * n)
+            offset += n
+        assert p.segment_count > 3
+        for start in range(0, p.end_offset, 7):
+            for max_bytes in (1, 200, 700, 1500, 5000):
+                got: list[int] = []
+                position = start
+                while position < p.end_offset:
+                    batches = p.read_batches(position, max_bytes=max_bytes)
+                    got.extend(o for b in batches for o in b.offsets)
+                    position = batches[-1].next_offset
+                assert got == list(range(start, p.end_offset)), (start, max_bytes)
+
+
 def test_offsets_out_of_range(tmp_path: Path) -> None:
     with Log.open(tmp_path) as log:
         log.create_topic("t")

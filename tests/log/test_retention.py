@@ -126,7 +126,7 @@ def test_reader_keeps_reading_a_segment_retention_deleted(tmp_path: Path) -> Non
             start.set()
             finish.wait(timeout=60)
             seg = segments[0]
-            batches, _, _ = seg.read(0, seg.size, 1 << 30, 1 << 30)
+            batches, _, _, _ = seg.read(0, seg.size, 1 << 30, 1 << 30)
             seen.extend(o for b in batches for o in b.offsets)
 
         t = threading.Thread(target=slow_reader)

@@ -27,13 +27,20 @@ def test_append_read_and_sparse_index(tmp_path: Path) -> None:
     assert segment.size == segment.file_size
     assert 1 < len(segment.index) < 50
     assert segment.index.positions[0] == 0
-    batches, used, count = segment.read(120, segment.size, 1 << 20, 5)
+    batches, used, count, complete = segment.read(120, segment.size, 1 << 20, 5)
     assert [b.offsets[0] for b in batches] == [120, 121, 122, 123, 124]
     assert count == 5
+    assert not complete
     assert used == 5 * (positions[1] - positions[0])
     # a byte limit taken earlier hides later batches
-    batches, _, _ = segment.read(100, positions[3], 1 << 20, 1000)
+    batches, _, _, complete = segment.read(100, positions[3], 1 << 20, 1000)
     assert [b.offsets[0] for b in batches] == [100, 101, 102]
+    assert complete
+    # a byte budget that ends inside the segment says the read is incomplete
+    one = positions[1] - positions[0]
+    batches, used, _, complete = segment.read(100, segment.size, 2 * one, 1000)
+    assert [b.offsets[0] for b in batches] == [100, 101]
+    assert (used, complete) == (2 * one, False)
 
 
 def test_scan_rebuilds_the_same_indexes_and_stops_at_a_torn_batch(tmp_path: Path) -> None:
@@ -60,6 +67,6 @@ def test_deleted_segment_stays_readable_by_its_holder(tmp_path: Path) -> None:
     fill(segment, 0, 3)
     segment.delete()
     assert not segment.path.exists()
-    batches, _, _ = segment.read(0, segment.size, 1 << 20, 10)
+    batches, _, _, _ = segment.read(0, segment.size, 1 << 20, 10)
     assert [b.offsets[0] for b in batches] == [0, 1, 2]
     segment.close()
