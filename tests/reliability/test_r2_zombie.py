@@ -42,10 +42,13 @@ PARTITIONS = 2
 BATCH = 250
 SESSION_TIMEOUT_MS = 1500
 JOB = """
+import time
+
 from streamflow import Pipeline
 
 
 def fold(acc, v):
+    time.sleep(0.00002)  # ~2 s of work per worker: the frozen one still has some left
     return {"n": acc["n"] + 1, "cents": acc["cents"] + v["cents"], "ids": acc["ids"] + v["i"]}
 
 
