@@ -18,6 +18,8 @@ from .transport import (
     ProducerIdentity,
     TopicDescription,
     TopicPartition,
+    Transaction,
+    Transactional,
     Transport,
 )
 
@@ -38,6 +40,8 @@ __all__ = [
     "TopicConfig",
     "TopicDescription",
     "TopicPartition",
+    "Transaction",
+    "Transactional",
     "Transport",
     "partition_for",
     "run_cleaner",

@@ -9,10 +9,21 @@ thread call. When a short wait ends empty, the partitions' watermarks say
 whether records are stored there after all (then it waits for them, so a
 fetch with ``timeout=0`` still returns stored records) or whether a
 position is out of range.
+
+Transactions: the consumers read committed records only. A transaction's
+commit or abort marker takes an offset, and aborted records are skipped, so
+the consumer's position (librdkafka's ``position()``, which moves past
+both) can be ahead of the last record returned. A partition's batch then
+ends there (``KafkaBatch.next_offset``); when a fetch returns no record for
+a partition but its position moved, ``position_after`` remembers how far.
+``assign()`` does not reset ``position()``: until the consumer delivers a
+record of the partition or the value changes, it still reports the position
+of the previous assignment, and is not used.
 """
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
@@ -46,6 +57,26 @@ MAX_FETCH_RECORDS: Final = 50_000
 READY_WAIT: Final = 2.0
 #: Records a fetch consumer reads ahead, at most (KiB; librdkafka's default is 64 MiB).
 PREFETCH_KBYTES: Final = 8192
+#: One poll while waiting for records the watermarks promise (s).
+READY_POLL: Final = 0.05
+#: Partitions whose skipped markers ``position_after`` remembers, at most.
+MAX_SKIPS: Final = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaBatch(RecordBatch):
+    """A ``RecordBatch`` whose reader's position ends at ``end``, past trailing markers.
+
+    >>> KafkaBatch([3, 4], [0, 0], [None, None], [1, 2], None, 7).next_offset
+    7
+    """
+
+    end: int = -1
+
+    @property
+    def next_offset(self) -> int:
+        """Return where the reader is after this batch (after markers that follow it too)."""
+        return max(self.offsets[-1] + 1, self.end)
 
 
 @dataclass(slots=True, eq=False)
@@ -54,6 +85,8 @@ class _Fetcher:
 
     consumer: Consumer
     positions: dict[TopicPartition, int] = field(default_factory=dict)
+    #: ``position()`` right after the last ``assign()``, per partition, while it is stale.
+    stale: dict[TopicPartition, int] = field(default_factory=dict)
 
 
 class FetchPool:
@@ -71,6 +104,8 @@ class FetchPool:
         self._admin = admin
         self._idle: list[_Fetcher] = []
         self._closed = False
+        #: (topic, partition) -> (asked offset, position past only markers and aborted records)
+        self._skips: dict[TopicPartition, tuple[int, int]] = {}
 
     async def fetch(
         self,
@@ -113,6 +148,15 @@ class FetchPool:
             if extra is not None:
                 with trio.CancelScope(shield=True):
                     await trio.to_thread.run_sync(extra.consumer.close)
+
+    def position_after(self, tp: TopicPartition, offset: int) -> int:
+        """Return the position a fetch at *offset* of *tp* reached without finding records.
+
+        Returns *offset* unless the last such fetch at exactly *offset* moved
+        past transaction markers or aborted records only.
+        """
+        asked, position = self._skips.get(tp, (offset, offset))
+        return position if asked == offset else offset
 
     async def aclose(self) -> None:
         """Close the idle consumers; busy ones are closed when their fetch ends."""
@@ -157,11 +201,18 @@ class FetchPool:
         if fetcher.positions != positions:
             consumer.assign([KafkaPartition(t, p, o) for (t, p), o in positions.items()])
             fetcher.positions = dict(positions)
+            fetcher.stale = self._raw_positions(consumer, positions)
         messages = self._consume(consumer, max_records, wait)
         if not messages and last:
-            behind = self._behind(positions)
-            if behind:
-                messages = self._consume(consumer, max_records, READY_WAIT)
+            ends = self._ends(positions)
+            deadline = time.monotonic() + READY_WAIT
+            # Records are there, or only markers (a reader's position moves past them).
+            while (
+                not messages
+                and self._waiting(fetcher, positions, ends)
+                and time.monotonic() < deadline
+            ):
+                messages = self._consume(consumer, max_records, READY_POLL)
         return self._decode(fetcher, positions, messages)
 
     def _consume(self, consumer: Consumer, max_records: int, wait: float) -> list[Message]:
@@ -170,8 +221,8 @@ class FetchPool:
             return []
         return [first, *consumer.consume(max_records - 1, 0)] if max_records > 1 else [first]
 
-    def _behind(self, positions: dict[TopicPartition, int]) -> bool:
-        """Return whether a partition holds records at or after its position. Blocking.
+    def _ends(self, positions: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+        """Return the end offset of each partition of *positions*. Blocking.
 
         Raises:
             OffsetOutOfRange: a position is outside the partition's kept range.
@@ -179,14 +230,49 @@ class FetchPool:
         by_topic: defaultdict[str, list[KafkaPartition]] = defaultdict(list)
         for t, p in positions:
             by_topic[t].append(KafkaPartition(t, p))
-        behind = False
+        ends: dict[TopicPartition, int] = {}
         for topic, partitions in by_topic.items():
             for p, (start, end) in watermarks(self._admin, partitions).items():
                 offset = positions[(topic, p)]
                 if not start <= offset <= end:
                     raise OffsetOutOfRange(topic, p, offset, start, end)
-                behind = behind or offset < end
-        return behind
+                ends[(topic, p)] = end
+        return ends
+
+    def _waiting(
+        self,
+        fetcher: _Fetcher,
+        positions: dict[TopicPartition, int],
+        ends: dict[TopicPartition, int],
+    ) -> bool:
+        """Return whether a partition's reader is still below its end offset. Blocking."""
+        reached = self._positions(fetcher, positions)
+        return any(reached[tp] < end for tp, end in ends.items())
+
+    def _raw_positions(
+        self, consumer: Consumer, positions: dict[TopicPartition, int]
+    ) -> dict[TopicPartition, int]:
+        found = consumer.position([KafkaPartition(t, p) for t, p in positions])
+        return {(kp.topic, kp.partition): kp.offset for kp in found if kp.error is None}
+
+    def _positions(
+        self, fetcher: _Fetcher, positions: dict[TopicPartition, int]
+    ) -> dict[TopicPartition, int]:
+        """Return the consumer's position per partition (past markers), at least *positions*.
+
+        A position still equal to the stale one seen right after ``assign()``
+        is not used (the asked position stands).
+        """
+        reached = dict(positions)
+        for tp, offset in self._raw_positions(fetcher.consumer, positions).items():
+            if tp not in reached:
+                continue
+            if tp in fetcher.stale:
+                if fetcher.stale[tp] == offset:
+                    continue
+                del fetcher.stale[tp]  # it moved: it now speaks of this assignment
+            reached[tp] = max(reached[tp], offset)
+        return reached
 
     def _decode(
         self, fetcher: _Fetcher, positions: dict[TopicPartition, int], messages: list[Message]
@@ -222,9 +308,21 @@ class FetchPool:
             assert batch.headers is not None
             batch.headers.append(decode_headers(m.headers()))
             fetcher.positions[tp] = offset + 1
+        for tp in columns:
+            fetcher.stale.pop(tp, None)  # a delivered record set the position
+        reached = self._positions(fetcher, positions)
         out: dict[TopicPartition, list[RecordBatch]] = {}
         for tp, batch in columns.items():
-            if all(h is None for h in batch.headers or ()):
-                batch = RecordBatch(batch.offsets, batch.timestamps, batch.keys, batch.values)
-            out[tp] = [batch]
+            headers = None if all(h is None for h in batch.headers or ()) else batch.headers
+            end = reached[tp] if reached[tp] > batch.next_offset else -1
+            if end >= 0:
+                fetcher.positions[tp] = end
+            out[tp] = [
+                KafkaBatch(batch.offsets, batch.timestamps, batch.keys, batch.values, headers, end)
+            ]
+        for tp, asked in positions.items():
+            if tp not in columns and reached[tp] > asked:
+                if len(self._skips) >= MAX_SKIPS:
+                    self._skips.clear()
+                self._skips[tp] = (asked, reached[tp])
         return out

@@ -17,6 +17,10 @@ once pauses the partitions, and records are read through the transport's
 - ``leave_group`` closes the consumer, which sends Kafka's LeaveGroup.
 - commits of a member go through its consumer; other commits and
   ``committed`` through one non-member consumer per group id.
+- with an ``instance_id``, members are Kafka static members
+  (``group.instance.id``): a process restarted with the same id takes its
+  predecessor's place, and partitions, at once, instead of waiting for the
+  dead member's session to expire (and the old member is fenced).
 
 Safe from many tasks: each consumer is used by one worker thread at a time
 (a ``trio.Lock`` per consumer).
@@ -114,6 +118,8 @@ class KafkaGroups:
         settings: librdkafka settings shared by every consumer.
         check_topic: Async function raising ``UnknownTopic`` for a missing topic.
         assignor: ``"range"`` or ``"roundrobin"``.
+        instance_id: This process's ``group.instance.id`` (static membership),
+            the same in every group it joins; unique per process of a job.
     """
 
     def __init__(
@@ -123,6 +129,7 @@ class KafkaGroups:
         check_topic: Callable[[str], Awaitable[int]],
         *,
         assignor: str = "range",
+        instance_id: str | None = None,
     ) -> None:
         if assignor not in ASSIGNORS:
             raise InvalidConfig("assignor", assignor, " or ".join(ASSIGNORS))
@@ -130,6 +137,7 @@ class KafkaGroups:
         self._settings = dict(settings)
         self._check_topic = check_topic
         self._strategy = ASSIGNORS[assignor]
+        self._instance_id = instance_id
         self._members: dict[str, _Member] = {}
         self._plain: dict[str, _Plain] = {}
 
@@ -175,6 +183,8 @@ class KafkaGroups:
                 "heartbeat.interval.ms": max(1, session_timeout_ms // 3),
                 "partition.assignment.strategy": self._strategy,
             }
+            if self._instance_id:
+                membership["group.instance.id"] = self._instance_id
             consumer = new_consumer(self._settings, group, **membership)
             member = _Member(member_id, group, topics, consumer)
             consumer.subscribe(topics, on_assign=member.on_assign, on_revoke=member.on_revoke)
@@ -229,18 +239,7 @@ class KafkaGroups:
             for (t, p), c in sorted(offsets.items())
         ]
         if member_id is not None and generation is not None:
-            member = self._members.get(member_id)
-            if member is None or member.group != group or member.generation != generation:
-                raise RebalanceInProgress(
-                    f"group {group}: member {member_id} of generation {generation} is not "
-                    "part of the current generation; rejoin, then commit again"
-                )
-            foreign = sorted(tp for tp in offsets if tp not in member.owned)
-            if foreign:
-                raise RebalanceInProgress(
-                    f"group {group}: member {member_id} does not own {foreign} in generation "
-                    f"{generation}; commit only the partitions assigned to you"
-                )
+            member = self._owner(group, list(offsets), member_id, generation)
             consumer, lock = member.consumer, member.lock
         else:
             plain = self._plain_consumer(group)
@@ -254,6 +253,49 @@ class KafkaGroups:
                 await trio.to_thread.run_sync(work)
             except KafkaException as exc:
                 raise translate(exc, self._bootstrap) from exc
+
+    def group_metadata(
+        self,
+        group: str,
+        partitions: list[TopicPartition],
+        *,
+        member_id: str | None = None,
+        generation: int | None = None,
+    ) -> object:
+        """Return the group metadata a transactional offset commit for *group* needs.
+
+        With *member_id* and *generation*: the member's (its generation and id,
+        so the coordinator refuses the commit once the group moved on); else
+        the group id alone. Does not block.
+
+        Raises:
+            RebalanceInProgress: as ``commit`` for a member that no longer owns
+                *partitions* in *generation*.
+        """
+        validate_group_name(group)
+        if member_id is not None and generation is not None:
+            consumer = self._owner(group, partitions, member_id, generation).consumer
+        else:
+            consumer = self._plain_consumer(group).consumer
+        return consumer.consumer_group_metadata()
+
+    def _owner(
+        self, group: str, partitions: list[TopicPartition], member_id: str, generation: int
+    ) -> _Member:
+        """Return the member, checking that it owns *partitions* in *generation*."""
+        member = self._members.get(member_id)
+        if member is None or member.group != group or member.generation != generation:
+            raise RebalanceInProgress(
+                f"group {group}: member {member_id} of generation {generation} is not "
+                "part of the current generation; rejoin, then commit again"
+            )
+        foreign = sorted(tp for tp in partitions if tp not in member.owned)
+        if foreign:
+            raise RebalanceInProgress(
+                f"group {group}: member {member_id} does not own {foreign} in generation "
+                f"{generation}; commit only the partitions assigned to you"
+            )
+        return member
 
     async def committed(
         self, group: str, partitions: list[TopicPartition]

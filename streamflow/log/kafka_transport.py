@@ -7,11 +7,14 @@ thread call); fetches use a small pool of group-less, ``assign()``-based
 consumers, one per concurrent fetch, that keep their assignment between calls
 so that librdkafka's prefetching carries on while positions advance as
 expected. Groups and committed offsets: ``kafka_group``. Encodings:
-``kafka_codec``. Differences from the built-in log: ``docs/kafka.md``.
+``kafka_codec``. Transactions (the ``Transactional`` capability, for
+exactly-once jobs): ``kafka_txn``. Differences from the built-in log:
+``docs/kafka.md``.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -43,6 +46,7 @@ from .kafka_codec import (
 )
 from .kafka_fetch import FetchPool
 from .kafka_group import KafkaGroups
+from .kafka_txn import KafkaTransaction
 from .naming import check_topic_name
 from .transport import (
     Columns,
@@ -62,6 +66,8 @@ if TYPE_CHECKING:
 MAX_PRODUCERS: Final = 100_000
 #: How long librdkafka retries a record before its append fails (as ``Producer``'s default).
 DELIVERY_TIMEOUT_MS: Final = 120_000
+#: Environment variable naming this process's ``group.instance.id`` (static membership).
+GROUP_INSTANCE_ENV: Final = "STREAMFLOW_KAFKA_GROUP_INSTANCE_ID"
 #: How often ``delete_topic`` checks that the topic is gone (s).
 DELETE_CHECK_INTERVAL: Final = 0.1
 
@@ -109,6 +115,10 @@ class KafkaTransport:
     Args:
         bootstrap: ``bootstrap.servers``, e.g. ``"host1:9092,host2:9092"``.
         assignor: Group assignment strategy, ``"range"`` or ``"roundrobin"``.
+        group_instance_id: Kafka static membership for this process's group
+            members (``group.instance.id``; default: the environment variable
+            ``STREAMFLOW_KAFKA_GROUP_INSTANCE_ID``): a restarted process with
+            the same id takes its partitions back at once. Unique per process.
         replication_factor: Replicas of each new topic (-1: the cluster's default).
         producer_config: librdkafka settings for the producer only.
         consumer_config: librdkafka settings for the consumers only.
@@ -123,6 +133,7 @@ class KafkaTransport:
         bootstrap: str,
         *,
         assignor: str = "range",
+        group_instance_id: str | None = None,
         replication_factor: int = -1,
         producer_config: dict[str, Any] | None = None,
         consumer_config: dict[str, Any] | None = None,
@@ -131,17 +142,16 @@ class KafkaTransport:
         self.bootstrap = bootstrap
         common = {**client_settings(config), "bootstrap.servers": bootstrap, "logger": logger}
         self._replication_factor = replication_factor
+        self._producer_settings = {
+            "enable.idempotence": True,
+            "linger.ms": 1,
+            "delivery.timeout.ms": DELIVERY_TIMEOUT_MS,
+            **common,
+            **client_settings(producer_config or {}),
+        }
         try:
             self._admin = AdminClient(dict(common))
-            self._producer = Producer(
-                {
-                    "enable.idempotence": True,
-                    "linger.ms": 1,
-                    "delivery.timeout.ms": DELIVERY_TIMEOUT_MS,
-                    **common,
-                    **client_settings(producer_config or {}),
-                }
-            )
+            self._producer = Producer(self._producer_settings)
             # a consumer is made here only to check the consumer settings early
             new_consumer({**common, **client_settings(consumer_config or {})}, "check").close()
         except KafkaException as exc:
@@ -150,7 +160,11 @@ class KafkaTransport:
             ) from exc
         self._consumer_settings = {**common, **client_settings(consumer_config or {})}
         self.groups = KafkaGroups(
-            bootstrap, self._consumer_settings, self._partition_count, assignor=assignor
+            bootstrap,
+            self._consumer_settings,
+            self._partition_count,
+            assignor=assignor,
+            instance_id=group_instance_id or os.environ.get(GROUP_INSTANCE_ENV) or None,
         )
         self._counts: dict[str, int] = {}
         self._fetches = FetchPool(self.bootstrap, self._consumer_settings, self._admin)
@@ -335,7 +349,7 @@ class KafkaTransport:
                 if seen.first_sequence <= sequence:
                     return seen.first_offset + (sequence - seen.first_sequence)
                 return -1
-            first = await self._produce(topic, partition, columns, skip)
+            first = await self._produce(topic, partition, columns, skip, self._producer)
             if producer is not None and sequence >= 0:
                 if len(self._sequences) >= MAX_PRODUCERS:
                     self._sequences.clear()
@@ -349,7 +363,53 @@ class KafkaTransport:
                 return -1
             return first
 
-    async def _produce(self, topic: str, partition: int, columns: Columns, skip: int) -> int:
+    async def open_transaction(self, transactional_id: str) -> KafkaTransaction:
+        """Return a transactional writer for *transactional_id*, fencing older instances of it.
+
+        A new librdkafka producer with ``transactional.id`` set runs
+        ``init_transactions``: the cluster aborts the transaction an older
+        instance left open, and rejects that instance from then on.
+
+        Raises:
+            BrokerUnavailable: the transaction coordinator did not answer.
+        """
+        transaction = KafkaTransaction(self, self._producer_settings, transactional_id)
+        try:
+            await transaction.open()
+        except BaseException:
+            await transaction.aclose()
+            raise
+        return transaction
+
+    def position_after(self, topic: str, partition: int, offset: int) -> int:
+        """Return where a reader at *offset* is once it skips markers and aborted records.
+
+        Known from this transport's fetches: when a fetch at *offset* found no
+        record but moved past transaction markers (or aborted records), the
+        position it reached; else *offset*.
+        """
+        return self._fetches.position_after((topic, partition), offset)
+
+    async def produce_batch(
+        self,
+        topic: str,
+        partition: int,
+        columns: Columns,
+        skip: int = 0,
+        *,
+        producer: Producer | None = None,
+    ) -> int:
+        """Produce records ``skip:`` of *columns*; return the first offset once all are delivered.
+
+        With *producer* (a transactional one), the records go through it
+        instead of the transport's own producer.
+        """
+        await self._check_partition(topic, partition)
+        return await self._produce(topic, partition, columns, skip, producer or self._producer)
+
+    async def _produce(
+        self, topic: str, partition: int, columns: Columns, skip: int, producer: Producer
+    ) -> int:
         """Produce records ``skip:`` of *columns* and wait for every delivery report."""
         n = len(columns)
         keys = [encode(k, "key") for k in columns.keys[skip:]]
@@ -361,7 +421,6 @@ class KafkaTransport:
             else None
         )
         delivery = _Delivery(n - skip, [-1] * (n - skip))
-        producer = self._producer
 
         def start() -> None:
             for i in range(n - skip):
@@ -403,7 +462,7 @@ class KafkaTransport:
             if isinstance(error, RecordTooLarge):
                 size = max(len(v or b"") + len(k or b"") for k, v in zip(keys, values, strict=True))
                 error = RecordTooLarge(size, await self._max_record_bytes(topic), topic)
-            raise error
+            raise error from KafkaException(delivery.error)
         return delivery.offsets[0]
 
     async def _max_record_bytes(self, topic: str) -> int:

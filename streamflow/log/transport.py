@@ -9,7 +9,7 @@ batches (one thread hop or one round trip per batch, never per record).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from .record import Headers, RecordBatch
@@ -224,4 +224,77 @@ class Transport(Protocol):
 
     async def aclose(self) -> None:
         """Release the target (close the log or the connection)."""
+        ...
+
+
+class Transaction(Protocol):
+    """One transactional writer: appends and group offsets become visible together or never.
+
+    One task at a time. A transaction starts with the first ``append`` (or
+    ``commit``) after the previous ``commit``; readers that read committed
+    records only (all of streamflow's) see none of its records until
+    ``commit`` returns, and never see them if it is aborted, by ``abort`` or
+    by a newer writer with the same transactional id (a restarted task)
+    fencing this one.
+    """
+
+    async def append(self, topic: str, partition: int, columns: Columns) -> int:
+        """Append *columns* inside the open transaction; return its first record's offset.
+
+        Raises:
+            ProducerFenced: a newer writer with the same transactional id took over.
+        """
+        ...
+
+    async def commit(
+        self,
+        group: str,
+        offsets: dict[TopicPartition, Committed],
+        *,
+        member_id: str | None = None,
+        generation: int | None = None,
+    ) -> None:
+        """Commit *offsets* for *group* in the transaction, then commit the transaction.
+
+        Raises:
+            RebalanceInProgress: the member no longer owns a partition; the
+                transaction is aborted.
+            ProducerFenced: a newer writer with the same transactional id took over.
+        """
+        ...
+
+    async def abort(self) -> None:
+        """Abort the open transaction, if any: its records are never seen."""
+        ...
+
+    async def aclose(self) -> None:
+        """Abort what is open and release the writer."""
+        ...
+
+
+@runtime_checkable
+class Transactional(Protocol):
+    """A ``Transport`` capability: transactional writers and readers that skip markers.
+
+    Implemented by the Kafka transport, where a crashed writer's replay cannot
+    be deduplicated by sequence numbers. A transaction's commit or abort marker
+    takes an offset of its own, so a reader that has read everything can sit
+    below ``end_offset``; ``position_after`` says how far such a reader has
+    in fact got.
+    """
+
+    async def open_transaction(self, transactional_id: str) -> Transaction:
+        """Return the writer of *transactional_id*, fencing any older instance of it.
+
+        The older instance's open transaction is aborted, and its later
+        appends and commits fail with ``ProducerFenced``.
+        """
+        ...
+
+    def position_after(self, topic: str, partition: int, offset: int) -> int:
+        """Return where a reader at *offset* is once it skips markers and aborted records.
+
+        Returns *offset* when nothing is known to follow it but records (or
+        nothing at all has been read there).
+        """
         ...

@@ -144,15 +144,6 @@ async def run_async(
     """
     if processing not in PROCESSING:
         raise InvalidConfig("processing", processing, "'at_least_once' or 'exactly_once'")
-    if processing == "exactly_once" and isinstance(target, str) and target.startswith("kafka://"):
-        # Kafka keeps no streamflow producer sequences across restarts (docs/kafka.md).
-        raise InvalidConfig(
-            "processing",
-            processing,
-            "'at_least_once' on a Kafka target: exactly-once outputs would need Kafka "
-            "transactions, which streamflow does not use yet (see docs/kafka.md); run "
-            "exactly-once jobs on the built-in log",
-        )
     if not isinstance(commit_interval_ms, int) or commit_interval_ms < 1:
         raise InvalidConfig("commit_interval_ms", commit_interval_ms, "an int >= 1")
     the_plan = plan(pipeline)

@@ -4,6 +4,9 @@ Without a group (an embedded target), a stage runs one task per partition
 index. With one (a broker), the stage joins the group ``<pipeline>.<stage>``,
 runs tasks for the partitions it is given and keeps heartbeating while they
 work; when the group rebalances, the tasks stop, commit and the stage rejoins.
+Under ``until_idle`` a member whose own tasks are drained stays in the group
+until the stage's group has committed its whole input, so that the partitions
+of a member that stalls or dies meanwhile are taken over rather than orphaned.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from .worker import SHUTDOWN_TIMEOUT, Job, Revoked, TaskRunner
+from .worker import SHUTDOWN_TIMEOUT, Job, Revoked, TaskRunner, committed_through
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -24,6 +27,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("streamflow.runtime")
 
+#: How often a member whose tasks are drained checks whether the whole stage is (s).
+IDLE_POLL: Final = 0.2
 #: Allocations between young-generation collections while stages run (CPython's default: 700).
 GC_YOUNG_THRESHOLD: Final = 100_000
 _gc_users = 0
@@ -104,10 +109,13 @@ async def _run_stage_in_group(job: Job, stage: Stage) -> None:
                                 tasks.start_soon(TaskRunner(job, stage, p, member).run)
                         if not job.until_idle:
                             await trio.sleep_forever()
+                        # Our share is done; stay in the group until every member's is, so
+                        # that the partitions of a peer that dies now come to us.
+                        await _wait_committed_through(job, stage)
                     outer.cancel_scope.cancel()
             except* Revoked:
                 rejoin = True
-            if not rejoin:
+            if not rejoin or (job.until_idle and await committed_through(job, stage)):
                 return
             logger.info("%s: rebalancing", group)
     finally:
@@ -117,3 +125,11 @@ async def _run_stage_in_group(job: Job, stage: Stage) -> None:
                     await transport.leave_group(group, member_id)
                 except Exception as exc:  # leaving is best effort: the session expires anyway
                     logger.info("%s: leave_group failed (%s)", group, exc)
+
+
+async def _wait_committed_through(job: Job, stage: Stage) -> None:
+    """Return once every member of *stage*'s group is done (a peer's commit has no event: poll)."""
+    while True:
+        if await committed_through(job, stage):
+            return
+        await trio.sleep(IDLE_POLL)

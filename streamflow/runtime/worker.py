@@ -14,7 +14,8 @@ topic) and ``sequence = first input offset of the batch << 20``; each stored
 input batch is processed and appended on its own, so a replay after a crash
 repeats the same sequence numbers and the log drops the duplicates. A stage
 that feeds a repartition topic does the same under ``at_least_once`` too, so
-that the next stage's state never folds a record twice.
+that the next stage's state never folds a record twice. On a target with
+transactions (Kafka), exactly-once uses those instead: ``transactions.py``.
 
 How a stage's tasks are started, alone or in a consumer group, is
 ``stage.py``.
@@ -36,6 +37,7 @@ import trio
 from streamflow.errors import (
     OffsetOutOfRange,
     OperatorError,
+    ProducerFenced,
     RebalanceInProgress,
     UnknownMember,
 )
@@ -43,6 +45,7 @@ from streamflow.failpoint import failpoint
 from streamflow.log import Columns, Committed, Message, ProducerIdentity
 
 from .task import TaskEngine
+from .transactions import TaskTransactions, skip_markers, start_offsets, supports_transactions
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
@@ -63,6 +66,8 @@ SHUTDOWN_TIMEOUT: Final = 10.0
 SLICE_SECONDS: Final = 0.01
 #: Records in a batch's first slice, which measures what a record costs.
 FIRST_SLICE: Final = 64
+#: Commit metadata key of a stateful task that ran its end-of-input ``finish`` (``until_idle``).
+FINISHED: Final = "finished"
 
 
 @dataclass
@@ -87,6 +92,11 @@ class Job:
     def exactly_once(self) -> bool:
         """Return True when outputs are appended idempotently."""
         return self.processing == "exactly_once"
+
+    @property
+    def transactional(self) -> bool:
+        """Return True when exactly-once rests on the target's transactions (Kafka)."""
+        return self.exactly_once and supports_transactions(self.transport)
 
 
 class Revoked(Exception):
@@ -147,6 +157,7 @@ class TaskRunner:
         self.local_offsets: dict[int, int] = {}
         self.task_state: Any = None
         self.dirty = False
+        self.finished = False
         self.metrics = job.metrics.task(stage.name, partition) if job.metrics else None
 
     # -- setup -----------------------------------------------------------------------------
@@ -200,13 +211,33 @@ class TaskRunner:
                 failing batch's offsets are not committed.
         """
         job, engine = self.job, self.engine
+        self.txn: TaskTransactions | None = None
         async with AsyncExitStack() as stack:
-            committed = await job.transport.committed(self.group, self.tps) if self.tps else {}
+            if job.transactional and self.tps:
+                # Fence the task's previous run before trusting the group's offsets, so
+                # that nothing it left open can still commit behind them.
+                try:
+                    self.txn, committed = await TaskTransactions.open(
+                        job.transport,
+                        pipeline=job.plan.pipeline.name,
+                        stage=self.stage.name,
+                        partition=self.partition,
+                        group=self.group,
+                        fresh=await start_offsets(job, self.stage, self.input_of),
+                        member=self.member,
+                    )
+                except (RebalanceInProgress, UnknownMember, ProducerFenced) as exc:
+                    raise Revoked(str(exc)) from exc
+                stack.push_async_callback(self.txn.aclose)
+            elif self.tps:
+                committed = await job.transport.committed(self.group, self.tps)
+            else:
+                committed = {}
             if self.stage.stores:
                 from streamflow.state import TaskState
 
                 self.task_state = await TaskState.open(
-                    job.transport,
+                    self.txn.transport if self.txn is not None else job.transport,
                     state_dir=job.state_dir,
                     pipeline=job.plan.pipeline.name,
                     stage=self.stage.name,
@@ -229,6 +260,7 @@ class TaskRunner:
                     engine.finish()
                     await self._flush("(finish)", self._end_sequence())
                     self.dirty = False
+                    self.finished = True
             finally:
                 if not self.dirty:
                     with trio.move_on_after(SHUTDOWN_TIMEOUT, shield=True):
@@ -331,7 +363,7 @@ class TaskRunner:
             # Other processes may still run upstream tasks: this process's
             # `done` flags only speak for its own.
             for name in self.stage.upstream:
-                if not await _committed_through(job, job.plan.stage(name)):
+                if not await committed_through(job, job.plan.stage(name)):
                     return False
         return True
 
@@ -373,6 +405,9 @@ class TaskRunner:
                     await self._flush(topic, batch.offsets[0] << SEQUENCE_SHIFT)
                     self.positions[tp] = batch.next_offset
                     self.dirty = False
+                    # A revoked task stops here, between whole batches, rather than after
+                    # the whole fetch: a rebalance waits for it.
+                    await trio.lowlevel.checkpoint()
                 continue
             self.dirty = engine.stateful
             if len(batches) == 1:
@@ -473,7 +508,12 @@ class TaskRunner:
             values = [i[1] for i in items]
             stamps: list[int | None] = [i[2] for i in items]
             columns = Columns(keys, values, stamps, headers)
-            if sequence is not None and input_topic is not None:
+            if self.txn is not None:
+                try:
+                    await self.txn.append(topic, partition, columns)
+                except ProducerFenced as exc:  # another instance of this task owns it now
+                    raise Revoked(str(exc)) from exc
+            elif sequence is not None and input_topic is not None:
                 pid = producer_id(pipeline, self.stage.name, input_topic, self.partition, topic)
                 await job.transport.append(
                     topic,
@@ -514,17 +554,34 @@ class TaskRunner:
             await trio.to_thread.run_sync(append)
 
     async def _save(self, *, final: bool) -> None:
-        """Checkpoint state and commit input offsets (when they moved)."""
-        if self.positions == self.saved:
+        """Checkpoint state and commit input offsets (when they moved, or to mark the finish)."""
+        skip_markers(self.job.transport, self.positions)
+        finish_mark = self.finished and self.task_state is not None
+        if self.positions == self.saved and not finish_mark:
             return
+        pending = None
         if self.task_state is not None:
-            checkpoint = await self.task_state.checkpoint(dict(self.positions))
+            if self.txn is not None:
+                # LMDB may only say what the Kafka commit below made visible: write it after.
+                pending = await self.task_state.prepare_checkpoint(dict(self.positions))
+                checkpoint = pending.checkpoint
+            else:
+                checkpoint = await self.task_state.checkpoint(dict(self.positions))
             offsets = checkpoint.committed()
-            failpoint("runtime.mid_checkpoint")
+            if finish_mark:
+                offsets = {
+                    tp: Committed(c.offset, {**c.metadata, FINISHED: True})
+                    for tp, c in offsets.items()
+                }
+            if pending is None:
+                failpoint("runtime.mid_checkpoint")
         else:
             offsets = {tp: Committed(pos) for tp, pos in self.positions.items()}
-        if self.tps:
-            await self._commit(offsets, final=final)
+        if self.tps and not await self._commit(offsets, final=final):
+            return
+        if pending is not None:
+            failpoint("runtime.mid_checkpoint")
+            await self.task_state.write_checkpoint(pending)
         self.saved = dict(self.positions)
 
     async def _measure(self) -> None:
@@ -542,17 +599,24 @@ class TaskRunner:
             path = task_state_dir(self.job.state_dir, self.stage.name, self.partition)
             self.metrics.state_bytes = await trio.to_thread.run_sync(_dir_bytes, path)
 
-    async def _commit(self, offsets: dict[TopicPartition, Committed], *, final: bool) -> None:
+    async def _commit(self, offsets: dict[TopicPartition, Committed], *, final: bool) -> bool:
+        """Commit *offsets* (in the task's transaction, if any); return False if skipped."""
         member_id, generation = self.member if self.member else (None, None)
         try:
-            await self.job.transport.commit(
-                self.group, offsets, member_id=member_id, generation=generation
-            )
-        except (RebalanceInProgress, UnknownMember) as exc:
+            if self.txn is not None:
+                await self.txn.commit(
+                    self.group, offsets, member_id=member_id, generation=generation
+                )
+            else:
+                await self.job.transport.commit(
+                    self.group, offsets, member_id=member_id, generation=generation
+                )
+        except (RebalanceInProgress, UnknownMember, ProducerFenced) as exc:
             if final:
                 logger.info("%s: final commit skipped (%s)", self.group, exc)
-                return
+                return False
             raise Revoked(str(exc)) from exc
+        return True
 
 
 def _dir_bytes(path: Path) -> int:
@@ -597,17 +661,18 @@ class _ReadAhead:
         return self.found if positions == self.positions else {}
 
 
-async def _committed_through(job: Job, stage: Stage) -> bool:
+async def committed_through(job: Job, stage: Stage) -> bool:
     """Return whether *stage* and every stage before it, in every process, are done.
 
     A stage is done when its group has committed the end offset of every
-    partition of its input topics. Stages are checked from the sources down:
-    a task commits only after its outputs are appended, so once a stage has
-    committed all its input, everything it will ever write to the next
-    repartition topic is there.
+    partition of its input topics (a stateful stage: with the ``FINISHED``
+    mark, since it emits its open windows after its input ends). Stages are
+    checked from the sources down: a task commits only after its outputs are
+    appended, so once a stage is done, everything it will ever write to the
+    next repartition topic is there.
     """
     for name in stage.upstream:
-        if not await _committed_through(job, job.plan.stage(name)):
+        if not await committed_through(job, job.plan.stage(name)):
             return False
     tps = [
         (i.topic, p)
@@ -623,4 +688,14 @@ async def _committed_through(job: Job, stage: Stage) -> bool:
         start, end = await job.transport.offsets(*tp)
         if (committed[tp].offset if tp in committed else start) < end:
             return False
+        if stage.stores and not _finished(committed.get(tp)):
+            return False
     return True
+
+
+def _finished(commit: Committed | None) -> bool:
+    return (
+        commit is not None
+        and isinstance(commit.metadata, dict)
+        and bool(commit.metadata.get(FINISHED))
+    )

@@ -19,13 +19,17 @@ to the group before processing (so the group's copy covers the compensation).
 A checkpoint (``checkpoint``) appends each store's dirty entries to its
 changelog (one batch per store), then writes the entries, the input offsets
 and the changelog end offsets in one LMDB transaction. The runtime commits the
-returned ``Checkpoint.committed()`` to the group afterwards.
+returned ``Checkpoint.committed()`` to the group afterwards. Its two halves
+are also available on their own (``prepare_checkpoint``, then
+``write_checkpoint``), for a runtime that must commit the changelog appends
+and the group offsets in a Kafka transaction before LMDB may say they happened.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import trio
@@ -58,6 +62,14 @@ def task_state_dir(state_dir: Path, stage: str, partition: int) -> Path:
     '/s/count-3'
     """
     return state_dir / f"{stage}-{partition}"
+
+
+@dataclass(frozen=True, slots=True)
+class PendingCheckpoint:
+    """A checkpoint whose changes are in the changelog but not yet in LMDB."""
+
+    checkpoint: Checkpoint
+    changes: list[Changes]
 
 
 class TaskState:
@@ -240,6 +252,25 @@ class TaskState:
             NotSerializable: if a state value cannot be encoded.
             StateStoreError: if LMDB cannot be written (the message says why).
         """
+        pending = await self.prepare_checkpoint(input_offsets, sequences=sequences)
+        return await self.write_checkpoint(pending)
+
+    async def prepare_checkpoint(
+        self,
+        input_offsets: Mapping[TopicPartition, int],
+        *,
+        sequences: Mapping[str, int] | None = None,
+    ) -> PendingCheckpoint:
+        """Append each store's changes to its changelog; return the checkpoint to write.
+
+        The first half of ``checkpoint``: LMDB is not touched, and
+        ``last_checkpoint`` stays as it was until ``write_checkpoint`` is
+        called with the result. Call that before the next
+        ``prepare_checkpoint``. If this raises, the changes stay pending.
+
+        Raises:
+            NotSerializable: if a state value cannot be encoded.
+        """
         if self._closed:
             raise trio.ClosedResourceError("the task state is closed")
         taken: list[Changes] = []
@@ -251,12 +282,29 @@ class TaskState:
                 writer = self._writers[changes.store]
                 ends[changes.store] = await writer.append(changes.keys, changes.values)
             failpoint("state.after_changelog")
-            checkpoint = Checkpoint(
-                self.last_checkpoint.id + 1,
-                dict(input_offsets),
-                ends,
-                dict(self.last_checkpoint.sequences if sequences is None else sequences),
-            )
+        except BaseException:
+            for changes in taken:
+                self._views[changes.store].give_back(changes)
+            raise
+        checkpoint = Checkpoint(
+            self.last_checkpoint.id + 1,
+            dict(input_offsets),
+            ends,
+            dict(self.last_checkpoint.sequences if sequences is None else sequences),
+        )
+        return PendingCheckpoint(checkpoint, taken)
+
+    async def write_checkpoint(self, pending: PendingCheckpoint) -> Checkpoint:
+        """Write a prepared checkpoint in one LMDB transaction; make it ``last_checkpoint``.
+
+        The second half of ``checkpoint``. If this raises, the previous
+        checkpoint stays the valid one and the changes stay pending.
+
+        Raises:
+            StateStoreError: if LMDB cannot be written (the message says why).
+        """
+        checkpoint, taken = pending.checkpoint, pending.changes
+        try:
             writes = {changes.store: changes.encoded for changes in taken if changes}
             with trio.CancelScope(shield=True):
                 # Once started, let the LMDB transaction finish: it is short,

@@ -2,7 +2,9 @@
 
 Not a test (pytest does not collect it). Starts noida-db on loopback, produces
 N events into one partition of each target (untimed), then times
-``run_async(..., until_idle=True)`` of each job and prints events/s as JSON::
+``run_async(..., until_idle=True)`` of each job and prints events/s as JSON
+(``W2_eo`` is W2 with ``processing="exactly_once"``: Kafka transactions on
+Kafka, sequence numbers on the built-in log)::
 
     python -m tests.kafka.bench_pipelines 100000 [PEERS_DIR]
 
@@ -16,7 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -25,6 +27,9 @@ from streamflow.runtime import run_async
 from tests.runtime.helpers import produce, read
 
 from .noida import NoidaBroker, _noida_binary
+
+if TYPE_CHECKING:
+    from streamflow.runtime.run import Processing
 
 
 def main() -> None:
@@ -39,25 +44,31 @@ def main() -> None:
     for e in events:
         e["ts"] += shift
 
-    def jobs(tag: str) -> dict[str, Pipeline]:
-        w1 = Pipeline(f"{tag}-w1")
-        w1.source(f"{tag}-in").map(w.w1_map).filter(w.w1_pred).sink(f"{tag}-w1out")
-        w2 = Pipeline(f"{tag}-w2")
+    def w2(tag: str, name: str) -> Pipeline:
+        job = Pipeline(f"{tag}-{name}")
         (
-            w2.source(f"{tag}-in", timestamp=lambda v: v["ts"])
+            job.source(f"{tag}-in", timestamp=lambda v: v["ts"])
             .key_by(lambda v: v["user_id"])
             .window(windows.tumbling(seconds=60))
             .aggregate("w2", initial=lambda: w.W2_EMPTY, fold=w.w2_fold)
-            .sink(f"{tag}-w2out")
+            .sink(f"{tag}-{name}out")
         )
-        return {"W1": w1, "W2": w2}
+        return job
+
+    def jobs(tag: str) -> dict[str, Pipeline]:
+        w1 = Pipeline(f"{tag}-w1")
+        w1.source(f"{tag}-in").map(w.w1_map).filter(w.w1_pred).sink(f"{tag}-w1out")
+        return {"W1": w1, "W2": w2(tag, "w2"), "W2_eo": w2(tag, "w2_eo")}
 
     async def measure(target: str, tag: str, state: Path) -> dict[str, Any]:
         await produce(target, f"{tag}-in", events, partitions=1)
         out: dict[str, Any] = {}
         for name, job in jobs(tag).items():
+            processing: Processing = "exactly_once" if name.endswith("_eo") else "at_least_once"
             started = time.perf_counter()
-            await run_async(job, target, until_idle=True, state_dir=state / name)
+            await run_async(
+                job, target, until_idle=True, processing=processing, state_dir=state / name
+            )
             out[name] = round(n / (time.perf_counter() - started))
             out[f"{name}_results"] = len(await read(target, f"{tag}-{name.lower()}out"))
         return out

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import trio
 
-from streamflow.errors import InvalidConfig
+from streamflow.log import Columns
 from streamflow.log.client import connect
+from streamflow.log.transport import Transactional
 from streamflow.runtime import run_async
 from tests.runtime.helpers import produce, read
 
@@ -103,12 +104,100 @@ async def test_state_is_restored_from_the_changelog_on_the_cluster(
     assert final == Counter(v["user"] for v in payments(3_000))
 
 
-async def test_exactly_once_on_kafka_is_refused_not_weakened(
+async def test_exactly_once_window_job_on_kafka_gives_the_embedded_results(
     kafka_url: str, new_topic: Callable[[], str], tmp_path: Path
 ) -> None:
     prefix = new_topic()
-    await produce(kafka_url, f"{prefix}-payments", payments(10), partitions=1)
-    with trio.fail_after(RUN_TIMEOUT), pytest.raises(InvalidConfig, match="transactions"):
-        await run_async(stateless(prefix), kafka_url, until_idle=True, processing="exactly_once")
+    job = windowed(prefix, counts=True)
+    data = payments(3_000)
+    topic = f"{prefix}-payments"
+    await produce(kafka_url, topic, data, partitions=1)
+    await produce(tmp_path / "log", topic, data, partitions=1)
+    with trio.fail_after(RUN_TIMEOUT):
+        await run_async(
+            job,
+            kafka_url,
+            until_idle=True,
+            processing="exactly_once",
+            state_dir=tmp_path / "state",
+            session_timeout_ms=6000,
+        )
+        await run_async(job, tmp_path / "log", until_idle=True, processing="exactly_once")
+    got = windows_of(await read(kafka_url, f"{prefix}-totals"))
+    assert got == windows_of(await read(tmp_path / "log", f"{prefix}-totals"))
+    assert sum(dict(v)["n"] for *_, v in got) == len(data)
+    counts = await read(kafka_url, f"{prefix}-counts")
+    assert sorted((r.key, r.value) for r in counts) == sorted(
+        (r.key, r.value) for r in await read(tmp_path / "log", f"{prefix}-counts")
+    )
     async with connect(kafka_url) as client:
-        assert f"{prefix}-large" not in await client.topics()  # refused before any work
+        sink = await client.describe(f"{prefix}-totals")
+    # written in transactions: every commit left a marker after the records
+    assert sum(p.end_offset for p in sink.partitions) > len(got)
+
+
+async def append_aborted(
+    kafka_url: str, topic: str, partition: int, keys: list[Any], values: list[Any]
+) -> None:
+    """Append records to *topic* in a transaction that is then aborted."""
+    async with connect(kafka_url) as client:
+        transport = client.transport
+        assert isinstance(transport, Transactional)
+        txn = await transport.open_transaction(f"{topic}.{partition}.aborted")
+        try:
+            await txn.append(topic, partition, Columns(keys, values))
+            await txn.abort()
+        finally:
+            await txn.aclose()
+
+
+async def test_aborted_records_reach_neither_a_stage_nor_a_restore(
+    kafka_url: str, new_topic: Callable[[], str], tmp_path: Path
+) -> None:
+    prefix = new_topic()
+    job = windowed(prefix, counts=True)
+    topic = f"{prefix}-payments"
+    state = tmp_path / "state"
+    first, second = payments(1_500), payments(1_500, 1_500)
+    bogus = payments(300, 1_000_000)
+    # the source holds an aborted transaction between committed records
+    await produce(kafka_url, topic, first[:700], partitions=1)
+    await append_aborted(kafka_url, topic, 0, [None] * len(bogus), bogus)
+    await produce(kafka_url, topic, first[700:], partitions=1)
+    await produce(tmp_path / "log", topic, first, partitions=1)
+
+    async def run_both() -> None:
+        with trio.fail_after(RUN_TIMEOUT):
+            await run_async(
+                job,
+                kafka_url,
+                until_idle=True,
+                processing="exactly_once",
+                state_dir=state,
+                session_timeout_ms=6000,
+            )
+            await run_async(job, tmp_path / "log", until_idle=True, processing="exactly_once")
+
+    await run_both()
+    # every changelog partition gets an aborted transaction of wrong values for its keys
+    changelog = f"{prefix}-w2.payments.changelog"
+    stored = await read(kafka_url, changelog)
+    assert stored
+    for partition in {r.partition for r in stored}:
+        mine = [r for r in stored if r.partition == partition]
+        await append_aborted(
+            kafka_url, changelog, partition, [r.key for r in mine], [10**6 for _ in mine]
+        )
+    shutil.rmtree(state)
+    await produce(kafka_url, topic, second, partitions=1)
+    await produce(tmp_path / "log", topic, second, partitions=1)
+    await run_both()  # restores from the changelog
+    got = windows_of(await read(kafka_url, f"{prefix}-totals"))
+    assert got == windows_of(await read(tmp_path / "log", f"{prefix}-totals"))
+    assert all(dict(v)["ids"] < 1_000_000 for *_, v in got)  # no bogus payment in a window
+    counts = await read(kafka_url, f"{prefix}-counts")
+    assert len(counts) == len(first) + len(second)
+    final: dict[int, int] = {}
+    for r in counts:
+        final[r.key] = max(final.get(r.key, 0), r.value)
+    assert final == Counter(v["user"] for v in first + second)

@@ -1,4 +1,8 @@
-"""Two ``streamflow run --broker kafka://...`` processes share a job through Kafka groups."""
+"""Two ``streamflow run --broker kafka://...`` processes share a job through Kafka groups.
+
+Both workers running to the end (``--until-idle``) runs on every cluster. Losing
+one of them (SIGTERM, SIGKILL) needs a real Kafka cluster: see the skip reason.
+"""
 
 from __future__ import annotations
 
@@ -102,5 +106,55 @@ async def test_two_workers_share_a_job_and_survive_losing_one(
     finally:
         for worker in workers:
             stop(worker)
+    done = await committed(kafka_url, f"{prefix}-shared.s0", f"{prefix}-in")
+    assert done == {p: n // 4 for p in range(4)}
+
+
+async def wait_for_shared(target: str, group: str, timeout: float) -> list[list[int]]:
+    """Poll *group* until two members own partitions; return each member's partitions."""
+    from streamflow.log.client import connect
+
+    with trio.fail_after(timeout):
+        async with connect(target) as client:
+            while True:
+                try:
+                    desc = await client.transport.describe_group(group)
+                except UnknownTopic:
+                    desc = None
+                owned = [sorted(p for _, p in m.partitions) for m in desc.members] if desc else []
+                if len([o for o in owned if o]) >= 2:
+                    return owned
+                await trio.sleep(0.2)
+
+
+@pytest.mark.timeout(180)
+async def test_two_workers_share_a_job_through_a_kafka_group(
+    kafka_url: str, new_topic: Callable[[], str], tmp_path: Path
+) -> None:
+    prefix = new_topic()
+    n = 4_000
+    await produce(kafka_url, f"{prefix}-in", list(range(n)), partitions=4)
+    job = tmp_path / "job.py"
+    job.write_text(JOB.format(prefix=prefix))
+    command = [sys.executable, "-m", "streamflow.cli", "run", str(job), "--broker", kafka_url]
+    workers = [
+        spawn(
+            [*command, "--until-idle", "--state-dir", str(tmp_path / f"state{i}")],
+            tmp_path / f"worker{i}.log",
+        )
+        for i in range(2)
+    ]
+    try:
+        # Both workers are members of the first stage's group, each owning partitions.
+        owned = await wait_for_shared(kafka_url, f"{prefix}-shared.s0", timeout=60)
+        assert sorted(p for o in owned for p in o) == [0, 1, 2, 3]
+        for worker in workers:
+            assert await trio.to_thread.run_sync(worker.wait) == 0
+    finally:
+        for worker in workers:
+            stop(worker)
+    values = await wait_for(kafka_url, f"{prefix}-out", n, timeout=10)
+    assert values == {v * 2 for v in range(n)}
+    assert len(await read(kafka_url, f"{prefix}-out")) == n  # nothing twice
     done = await committed(kafka_url, f"{prefix}-shared.s0", f"{prefix}-in")
     assert done == {p: n // 4 for p in range(4)}

@@ -7,9 +7,8 @@ gets SIGSTOP; the parent waits until one of its partitions that had work left
 is committed further by the group (only another member can do that, so the
 other worker took it over and made progress), then sends SIGCONT: the zombie
 wakes up with its in-memory state, any batch it had fetched and an old group
-generation. Both run until every input is committed (not ``--until-idle``: a
-worker that drained its own partitions would leave the group and could not
-take the frozen one's over), then get SIGTERM. The sink must then hold, for
+generation. Both run until every input is committed, then get SIGTERM (the
+``--until-idle`` takeover has its own test in ``tests/runtime``). The sink must then hold, for
 every key, exactly one update per input event (``n`` = 1, 2, ... with no gap
 and no repeat) and the right totals: anything the zombie wrote after losing
 its partitions that was accepted would show as a repeat or a wrong value.
@@ -224,8 +223,7 @@ async def test_worker_frozen_past_its_session_timeout_cannot_spoil_exactly_once(
                 for child in (zombie, other):
                     assert child.readline().startswith("RUNNING")
                 # Freeze the zombie once both workers run partitions of both stages and
-                # output flows, early enough that the other still has work of its own
-                # (under --until-idle a worker that drained its partitions leaves).
+                # output flows, early enough that the other still has work of its own.
                 await wait_assigned(zombie, other)
                 await wait_until(lambda sink, done, ends: sink > 0, broker.url, 120)
                 held = assignments(zombie)

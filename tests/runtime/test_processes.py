@@ -5,17 +5,19 @@ import signal
 import subprocess
 import sys
 import textwrap
+from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
 import pytest
 import trio
 
 from streamflow.errors import UnknownTopic
+from streamflow.log.client import connect
 
 from .helpers import committed, produce, read
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Awaitable, Callable, Iterator
     from pathlib import Path
 
 pytestmark = pytest.mark.slow
@@ -190,3 +192,70 @@ async def test_until_idle_waits_for_upstream_tasks_of_every_process(
         expected[(v % 7, window)] = expected.get((v % 7, window), 0) + 1
     got = {(r.value["key"], r.value["start"]): r.value["value"] for r in await read(broker, "out")}
     assert got == expected
+
+
+PEER_JOB = WINDOW_JOB.replace(
+    "time.sleep(0.004 if v % 4 == 3 else 0.0)", "time.sleep(float(os.environ['SLOW_S']))"
+).replace("import time", "import os, time")
+
+
+async def until(condition: Callable[[], Awaitable[bool]], timeout: float = 60) -> None:
+    with trio.fail_after(timeout):
+        while not await condition():  # noqa: ASYNC110 (the condition lives in another process)
+            await trio.sleep(0.1)
+
+
+async def test_until_idle_takes_over_the_partitions_of_a_peer_killed_after_its_own_share(
+    broker: str, tmp_path: Path
+) -> None:
+    # The fast worker drains its share of stage s0 long before the slow one; the slow one is
+    # then killed. The fast one must stay in s0's group, take the orphaned partitions over
+    # and finish the whole job on its own.
+    n = 2000
+    for first in range(0, n, 100):  # small stored batches: a busy task yields between them
+        await produce(broker, "in", list(range(first, first + 100)), partitions=4)
+    job = tmp_path / "job.py"
+    job.write_text(PEER_JOB)
+    logs = ExitStack()
+
+    def worker(name: str, slow_s: float) -> subprocess.Popen[str]:
+        command = [sys.executable, "-m", "streamflow.runtime", str(job), broker, "--until-idle"]
+        command += ["--commit-interval-ms", "100", "--session-timeout-ms", "3000"]
+        command += ["--state-dir", str(tmp_path / f"state-{name}")]
+        log = logs.enter_context((tmp_path / f"{name}.log").open("w"))
+        env = {**os.environ, "SLOW_S": str(slow_s)}
+        return subprocess.Popen(command, env=env, stdout=log, stderr=log, text=True)
+
+    async def owners(counts: list[int]) -> bool:
+        async with connect(broker) as client:
+            group = await client.transport.describe_group("idle.s0")
+        return group.state == "stable" and [len(m.partitions) for m in group.members] == counts
+
+    async def done(at_least: int) -> bool:
+        offsets = (await committed(broker, "idle.s0", "in")).values()
+        return sum(o == n // 4 for o in offsets) >= at_least
+
+    with logs:
+        slow = worker("slow", 0.01)
+        fast = None
+        try:
+            await until(lambda: owners([4]))  # the slow worker owns all four partitions
+            fast = worker("fast", 0.0)
+            await until(lambda: owners([2, 2]))  # the group splits them between the two
+            await until(lambda: done(2))  # and the fast worker drains its half
+            os.kill(slow.pid, signal.SIGKILL)
+            assert not await done(4), "the slow worker had finished: nothing was orphaned"
+            with trio.fail_after(120):
+                code = await trio.to_thread.run_sync(fast.wait)
+            assert code == 0
+        finally:
+            stop(slow)
+            if fast is not None:
+                stop(fast)
+    expected: dict[tuple[int, int], int] = {}
+    for v in range(n):
+        window = (v * 10) // 10_000 * 10_000
+        expected[(v % 7, window)] = expected.get((v % 7, window), 0) + 1
+    out = await read(broker, "out")
+    assert {(r.value["key"], r.value["start"]): r.value["value"] for r in out} == expected
+    assert len(out) == len(expected)
