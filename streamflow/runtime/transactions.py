@@ -38,7 +38,7 @@ that producer.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from streamflow.errors import ProducerFenced
 from streamflow.log import Committed, Transactional
@@ -46,12 +46,8 @@ from streamflow.state import Checkpoint
 
 if TYPE_CHECKING:
     from streamflow.log import (
-        Assignment,
         Columns,
-        GroupDescription,
         ProducerIdentity,
-        RecordBatch,
-        TopicDescription,
         TopicPartition,
         Transaction,
         Transport,
@@ -155,7 +151,7 @@ class TaskTransactions:
         #: This run's writer number (``k`` in the module docstring).
         self.run = run
         #: A ``Transport`` whose appends go into this run's transaction (for ``TaskState``).
-        self.transport: Transport = _InTransaction(transport, transaction)
+        self.transport = cast("Transport", _InTransaction(transport, transaction))
 
     @classmethod
     async def open(
@@ -260,7 +256,7 @@ class TaskTransactions:
 
 
 class _InTransaction:
-    """A ``Transport`` that appends inside a transaction and reads through the real one.
+    """A ``Transport`` that appends inside a transaction and does the rest through the real one.
 
     ``producer`` and ``sequence`` of ``append`` are ignored: the transaction,
     not sequence numbers, keeps a replay from being seen twice.
@@ -281,68 +277,5 @@ class _InTransaction:
     ) -> int:
         return await self._transaction.append(topic, partition, columns)
 
-    async def create_topic(self, name: str, **config: Any) -> None:
-        await self._transport.create_topic(name, **config)
-
-    async def delete_topic(self, name: str) -> None:
-        await self._transport.delete_topic(name)
-
-    async def topics(self) -> list[str]:
-        return await self._transport.topics()
-
-    async def describe(self, name: str) -> TopicDescription:
-        return await self._transport.describe(name)
-
-    async def fetch(
-        self,
-        positions: dict[TopicPartition, int],
-        *,
-        max_bytes: int = 1 << 20,
-        timeout: float = 0.5,
-    ) -> dict[TopicPartition, list[RecordBatch]]:
-        return await self._transport.fetch(positions, max_bytes=max_bytes, timeout=timeout)
-
-    async def offsets(self, topic: str, partition: int) -> tuple[int, int]:
-        return await self._transport.offsets(topic, partition)
-
-    async def commit(
-        self,
-        group: str,
-        offsets: dict[TopicPartition, Committed],
-        *,
-        member_id: str | None = None,
-        generation: int | None = None,
-    ) -> None:
-        await self._transport.commit(group, offsets, member_id=member_id, generation=generation)
-
-    async def committed(
-        self, group: str, partitions: list[TopicPartition]
-    ) -> dict[TopicPartition, Committed]:
-        return await self._transport.committed(group, partitions)
-
-    async def join_group(
-        self,
-        group: str,
-        topics: list[str],
-        *,
-        member_id: str | None = None,
-        session_timeout_ms: int = 10_000,
-    ) -> Assignment:
-        return await self._transport.join_group(
-            group, topics, member_id=member_id, session_timeout_ms=session_timeout_ms
-        )
-
-    async def heartbeat(self, group: str, member_id: str, generation: int) -> bool:
-        return await self._transport.heartbeat(group, member_id, generation)
-
-    async def leave_group(self, group: str, member_id: str) -> None:
-        await self._transport.leave_group(group, member_id)
-
-    async def describe_group(self, group: str) -> GroupDescription:
-        return await self._transport.describe_group(group)
-
-    async def list_groups(self) -> list[str]:
-        return await self._transport.list_groups()
-
-    async def aclose(self) -> None:
-        """Leave the real transport open: the job owns it."""
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
