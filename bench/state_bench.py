@@ -75,6 +75,7 @@ def restore_rate(bench: peers.Bench, workload: str, reps: int) -> dict[str, Any]
     directory = bench.tmp / "run"
     rates: list[float] = []
     cpu_rates: list[float] = []
+    times: list[float] = []
     applied = 0
     for _ in range(reps):
         into = Path(tempfile.mkdtemp(prefix="restore-", dir=bench.tmp))
@@ -84,6 +85,7 @@ def restore_rate(bench: peers.Bench, workload: str, reps: int) -> dict[str, Any]
             shutil.rmtree(into, ignore_errors=True)
         rates.append(applied / seconds)
         cpu_rates.append(applied / cpu)
+        times.append(seconds)
     row = {
         "name": f"{workload} restore from changelog",
         "records": applied,
@@ -91,11 +93,13 @@ def restore_rate(bench: peers.Bench, workload: str, reps: int) -> dict[str, Any]
         "min_records_per_s": min(rates),
         "max_records_per_s": max(rates),
         "median_records_per_cpu_s": statistics.median(cpu_rates),
+        "median_seconds": statistics.median(times),
     }
     print(
         f"{row['name']:<38} {applied:>9,} records  median "
         f"{row['median_records_per_s']:>12,.0f}/s  [{min(rates):,.0f} .. {max(rates):,.0f}]  "
-        f"per CPU-second {row['median_records_per_cpu_s']:,.0f}",
+        f"per CPU-second {row['median_records_per_cpu_s']:,.0f}  "
+        f"in {row['median_seconds']:.3f}s",
         flush=True,
     )
     return row

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .cache import UNSEEN, KeyCache, key_id
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -43,29 +45,38 @@ class Aggregate:
         self.store: str | None = store
         self._initial = initial
         self._fold = fold
-        self._view: StateView | None = None
+        self._cache: KeyCache | None = None
 
     def open(self, ctx: TaskContext) -> None:
         """Bind to the task's state store."""
         assert self.store is not None
-        self._view = ctx.state(self.store)
+        view: StateView = ctx.state(self.store)
+        self._cache = KeyCache(view, _same)
 
     def process(self, items: list[Item]) -> list[Item]:
         """Fold each record into its key's accumulator; return one update per record."""
-        view = self._view
-        if view is None:
+        cache = self._cache
+        if cache is None:
             raise RuntimeError(f"{self.name}: open(ctx) must be called before process()")
         initial, fold = self._initial, self._fold
+        accs, changed, load = cache.values, cache.changed, cache.load
         out: list[Item] = []
         append = out.append
-        for key, value, ts in items:
-            acc = view.get(key)
-            if acc is None:
-                acc = value if initial is None else fold(initial(), value)
-            else:
-                acc = fold(acc, value)
-            view.put(key, acc)
-            append((key, acc, ts))
+        try:
+            for key, value, ts in items:
+                kid = key if type(key) is str else key_id(key)
+                acc = accs.get(kid, UNSEEN)
+                if acc is UNSEEN:
+                    acc = load(kid, key)
+                if acc is None:
+                    acc = value if initial is None else fold(initial(), value)
+                else:
+                    acc = fold(acc, value)
+                accs[kid] = acc
+                changed[kid] = key
+                append((key, acc, ts))
+        finally:
+            cache.after_batch()
         return out
 
     def on_watermark(self, watermark: int) -> list[Item]:
@@ -75,6 +86,10 @@ class Aggregate:
     def finish(self) -> list[Item]:
         """Do nothing: every update was already emitted."""
         return []
+
+
+def _same(key: Any) -> Any:
+    return key
 
 
 def _add_one(acc: int, value: object) -> int:

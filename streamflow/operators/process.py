@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgpack
 
+from .cache import UNSEEN, KeyCache, key_id
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -46,51 +48,42 @@ _CURRENT: Final[Any] = object()
 
 # One packer for the module: pack() holds the GIL from start to end.
 _pack: Final = msgpack.Packer(use_bin_type=True).pack
-_UNSEEN: Final = object()
 
 
-def _key_id(key: Any) -> Any:
-    """Return a hashable stand-in for *key*: itself for a str or int, else its msgpack bytes.
-
-    >>> _key_id("u1"), _key_id(["u", 1]) == msgpack.packb(["u", 1])
-    ('u1', True)
-    """
-    kind = type(key)
-    return key if kind is str or kind is int else _pack(key)
+def _state_key(key: Any) -> tuple[str, Any]:
+    return ("k", key)
 
 
 class KeyState:
     """The state of the key being processed (``ctx.state``).
 
-    Values read or written during one batch are kept by key and handed to the
-    store once at the end of the batch (``ProcessContext._flush``), so a record
-    costs dict operations rather than a msgpack encoding per call.
+    Values live in the operator's ``KeyCache`` by key id and reach the store
+    once per checkpoint, so a record costs dict operations rather than a
+    msgpack encoding per call. The operator sets ``_kid`` and ``_key`` before
+    each call of ``fn`` or ``on_timer``.
     """
 
-    __slots__ = ("_ctx",)
+    __slots__ = ("_cache", "_changed", "_key", "_kid", "_values")
 
-    def __init__(self, ctx: ProcessContext) -> None:
-        self._ctx = ctx
+    def __init__(self, cache: KeyCache) -> None:
+        self._cache = cache
+        self._values = cache.values
+        self._changed = cache.changed
+        self._kid: Any = None
+        self._key: Any = None
 
     def get(self, default: Any = None) -> Any:
         """Return the current key's value, or *default*."""
-        ctx = self._ctx
-        key = ctx.key
-        kind = type(key)
-        kid = key if kind is str or kind is int else _pack(key)
-        value = ctx._values.get(kid, _UNSEEN)
-        if value is _UNSEEN:
-            value = ctx._values[kid] = ctx._view.get(("k", key))
+        value = self._values.get(self._kid, UNSEEN)
+        if value is UNSEEN:
+            value = self._cache.load(self._kid, self._key)
         return default if value is None else value
 
     def set(self, value: Any) -> None:
         """Store *value* for the current key (``None`` deletes it)."""
-        ctx = self._ctx
-        key = ctx.key
-        kind = type(key)
-        kid = key if kind is str or kind is int else _pack(key)
-        ctx._values[kid] = value
-        ctx._changed[kid] = key
+        kid = self._kid
+        self._values[kid] = value
+        self._changed[kid] = self._key
 
     def delete(self) -> None:
         """Remove the current key's value."""
@@ -108,20 +101,16 @@ class ProcessContext:
         self._view = view
         self.key: Any = None
         self.timestamp = 0
-        self.state = KeyState(self)
+        self._cache = KeyCache(view, _state_key)
+        self.state = KeyState(self._cache)
         self._out: list[Item] = []
-        # key id -> value (None: absent) of the keys seen in this batch, and the
-        # keys whose value changed (key id -> key); see KeyState
-        self._values: dict[Any, Any] = {}
-        self._changed: dict[Any, Any] = {}
 
-    def _flush(self) -> None:
-        """Hand the batch's changed values to the store and forget the batch's values."""
-        view, values = self._view, self._values
-        for kid, key in self._changed.items():
-            view.put(("k", key), values[kid])
-        self._changed = {}
-        self._values = {}
+    def _at(self, key: Any, timestamp: int) -> None:
+        """Make *key* at *timestamp* the current record (for timers; the loop inlines it)."""
+        state = self.state
+        state._kid = key_id(key)
+        state._key = self.key = key
+        self.timestamp = timestamp
 
     @property
     def watermark(self) -> int:
@@ -177,7 +166,7 @@ class Process:
         self._fn = fn
         self._on_timer = on_timer
         self._ctx: ProcessContext | None = None
-        self.watermark = _NO_WATERMARK
+        self.watermark = self._saved_watermark = _NO_WATERMARK
         # (ts, packed key, packed tag) -> (key, tag); the heap holds the same
         # triples and may keep deleted ones (skipped when popped).
         self._timers: dict[tuple[int, bytes, bytes], tuple[Any, Any]] = {}
@@ -188,7 +177,7 @@ class Process:
         assert self.store is not None
         view = ctx.state(self.store)
         self._ctx = ProcessContext(self, view)
-        self.watermark = view.get(_WATERMARK_KEY, _NO_WATERMARK)
+        self.watermark = self._saved_watermark = view.get(_WATERMARK_KEY, _NO_WATERMARK)
         self._timers, self._heap = {}, []
         for skey, _ in view.items():
             if skey[0] == "t":
@@ -202,6 +191,7 @@ class Process:
         """Call ``fn`` for each record and fire the timers the watermark reaches."""
         ctx = self._context()
         fn = self._fn
+        state = ctx.state
         out = ctx._out = []
         wm = self.watermark
         heap = self._heap
@@ -211,14 +201,17 @@ class Process:
                     wm = self.watermark = ts
                     if heap:
                         self._fire(wm)
-                ctx.key = key
+                kind = type(key)
+                # key_id inlined: a str key is its own id
+                state._kid = key if kind is str else key_id(key)
+                state._key = ctx.key = key
                 ctx.timestamp = ts
                 fn(ctx, key, value)
                 if heap and heap[0][0] <= wm:
                     self._fire(wm)
         finally:
             # Changes made before a failure stay, as they would without the batching.
-            ctx._flush()
+            ctx._cache.after_batch()
         self._save_watermark()
         return out
 
@@ -236,7 +229,7 @@ class Process:
         try:
             self._fire(self.watermark)
         finally:
-            ctx._flush()
+            ctx._cache.after_batch()
         return out
 
     def finish(self) -> list[Item]:
@@ -257,8 +250,7 @@ class Process:
                 continue
             key, tag = found
             view.delete(("t", entry[0], key, tag))
-            ctx.key = key
-            ctx.timestamp = entry[0]
+            ctx._at(key, entry[0])
             assert on_timer is not None
             on_timer(ctx, tag)
 
@@ -281,9 +273,9 @@ class Process:
             self._context()._view.delete(("t", timestamp, key, tag))
 
     def _save_watermark(self) -> None:
-        view = self._context()._view
-        if view.get(_WATERMARK_KEY, _NO_WATERMARK) != self.watermark:
-            view.put(_WATERMARK_KEY, self.watermark)
+        if self.watermark != self._saved_watermark:
+            self._context()._view.put(_WATERMARK_KEY, self.watermark)
+            self._saved_watermark = self.watermark
 
     def _context(self) -> ProcessContext:
         if self._ctx is None:

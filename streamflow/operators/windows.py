@@ -181,6 +181,7 @@ def session(gap_seconds: float | None = None, *, gap_ms: int | None = None) -> W
 
 _pack: Final = msgpack.Packer(use_bin_type=True).pack
 _MISSING: Final = object()
+_NEVER: Final = 1 << 62
 
 
 def _key_id(key: Any) -> Any:
@@ -233,18 +234,23 @@ class WindowedAggregate:
         self._ctx: TaskContext | None = None
         self._view: StateView | None = None
         self.watermark = self._saved_watermark = _NO_WATERMARK
-        # end -> {(start, packed key): key}: the open windows, closed in end order
-        self._open: dict[int, dict[tuple[int, bytes], Any]] = {}
+        # end -> the open windows ending there, closed in end order: {packed key: key}
+        # for tumbling and hopping (start = end - size), {(start, packed key): key}
+        # for sessions and sliding windows
+        self._open: dict[int, dict[Any, Any]] = {}
         self._ends: list[int] = []
         # session: packed key -> sorted [start, end] pairs of its open sessions
         self._sessions: dict[bytes, list[list[int]]] = {}
         # sliding: keys whose windows closed in this sweep (packed key -> key)
         self._to_prune: dict[bytes, Any] = {}
-        # tumbling, hopping: (key id, start) -> accumulator of every open window, and
-        # the windows changed since they were last written to the view (at each
-        # checkpoint through the view's before_take, else after each batch)
-        self._accs: dict[tuple[Any, int], Any] = {}
-        self._touched: dict[tuple[Any, int], Any] = {}
+        # tumbling, hopping, by window start: {key id: accumulator} of every open
+        # window; {key id: key} of the windows changed since they were last written
+        # to the view (at each checkpoint through the view's before_take, else after
+        # each batch); and the key ids whose window the view holds, so that a window
+        # that opens and closes between two checkpoints leaves no tombstone.
+        self._accs: dict[int, dict[Any, Any]] = {}
+        self._touched: dict[int, dict[Any, Any]] = {}
+        self._stored: dict[int, set[Any]] = {}
         self._deferred = False
 
     # -- lifecycle -------------------------------------------------------
@@ -255,7 +261,7 @@ class WindowedAggregate:
         self._ctx = ctx
         self._view = view = ctx.state(self.store)
         self._open, self._ends, self._sessions = {}, [], {}
-        self._accs, self._touched = {}, {}
+        self._accs, self._touched, self._stored = {}, {}, {}
         register = getattr(view, "before_take", None)
         self._deferred = callable(register)
         if callable(register):
@@ -265,8 +271,11 @@ class WindowedAggregate:
         for skey, value in view.items():
             tag = skey[0]
             if tag == "w":
-                self._accs[(_key_id(skey[1]), skey[2])] = value
-                self._index(skey[1], skey[2], skey[2] + self.window.size_ms)
+                key, start = skey[1], skey[2]
+                kid = _key_id(key)
+                self._accs.setdefault(start, {})[kid] = value
+                self._stored.setdefault(start, set()).add(kid)
+                self._index_aligned(start + self.window.size_ms, key)
             elif tag == "s":
                 self._index(skey[1], skey[2], value[0])
                 self._sessions.setdefault(_pack(skey[1]), []).append([skey[2], value[0]])
@@ -317,9 +326,11 @@ class WindowedAggregate:
 
     def _process_aligned(self, items: list[Item], out: list[Item]) -> None:
         # The accumulators live in self._accs; the view gets each changed window
-        # once per batch (_write_touched), so a record costs dict operations only.
+        # once per checkpoint (_write_touched), so a record costs dict operations only.
+        if self.window.step_ms == self.window.size_ms:
+            self._process_tumbling(items, out)
+            return
         initial, fold, size = self._initial, self._fold, self.window.size_ms
-        step = self.window.step_ms
         grace = self.grace_ms
         deadline_shift = size + grace
         ends = self._ends
@@ -335,26 +346,92 @@ class WindowedAggregate:
             kind = type(key)
             kid = key if kind is str or kind is int else _pack(key)
             late = False
-            for start in (ts - ts % size,) if step == size else starts(ts):
+            for start in starts(ts):
                 if start + deadline_shift <= wm:
                     late = True
                     continue
-                slot = (kid, start)
-                acc = accs.get(slot, _MISSING)
+                window_accs = accs.setdefault(start, {})
+                acc = window_accs.get(kid, _MISSING)
                 if acc is _MISSING:
                     acc = value if initial is None else fold(initial(), value)
-                    self._index(key, start, start + size)
+                    self._index_aligned(start + size, key)
                 else:
                     acc = fold(acc, value)
-                accs[slot] = acc
-                touched[slot] = key
+                window_accs[kid] = acc
+                touched.setdefault(start, {})[kid] = key
             if late:
                 self._late(item)
 
+    def _process_tumbling(self, items: list[Item], out: list[Item]) -> None:
+        # _process_aligned with one window per record. Consecutive records mostly
+        # share a window start, so the dicts of the current start are looked up
+        # once per change of start, not once per record.
+        initial, fold, size = self._initial, self._fold, self.window.size_ms
+        grace = self.grace_ms
+        deadline_shift = size + grace
+        ends = self._ends
+        accs, touched = self._accs, self._touched
+        wm = self.watermark
+        # Windows close when the watermark reaches first end + grace: one comparison
+        # per record instead of reading the heap.
+        close_at = ends[0] + grace if ends else _NEVER
+        current: Any = None  # the start whose dicts are bound below
+        deadline = 0
+        window_accs: dict[Any, Any] = {}
+        changed: dict[Any, Any] = {}
+        index: dict[Any, Any] = {}
+        try:
+            for item in items:
+                key, value, ts = item
+                if ts > wm:
+                    wm = ts
+                    if wm >= close_at:
+                        self.watermark = wm
+                        out.extend(self._sweep(wm))
+                        close_at = ends[0] + grace if ends else _NEVER
+                        current = None  # the sweep may have dropped its dicts
+                start = ts - ts % size
+                if start != current:
+                    if start + deadline_shift <= wm:
+                        self._late(item)
+                        continue  # the current start's dicts stay bound
+                    current = start
+                    deadline = start + deadline_shift
+                    found = accs.get(start)
+                    if found is None:
+                        found = accs[start] = {}
+                        close_at = min(close_at, deadline)
+                    window_accs = found
+                    changed = touched.setdefault(start, {})
+                    index = self._index_aligned(start + size)
+                elif deadline <= wm:
+                    self._late(item)
+                    continue
+                kind = type(key)
+                kid = key if kind is str or kind is int else _pack(key)
+                acc = window_accs.get(kid, _MISSING)
+                if acc is _MISSING:
+                    acc = value if initial is None else fold(initial(), value)
+                    index[kid if type(kid) is bytes else _pack(key)] = key
+                else:
+                    acc = fold(acc, value)
+                window_accs[kid] = acc
+                changed[kid] = key
+        finally:
+            self.watermark = wm
+
     def _write_touched(self) -> None:
-        view, accs = self._state(), self._accs
-        for slot, key in self._touched.items():
-            view.put(("w", key, slot[1]), accs[slot])
+        view, accs, stored = self._state(), self._accs, self._stored
+        put = view.put
+        for start, changed in self._touched.items():
+            window_accs = accs[start]
+            for kid, key in changed.items():
+                put(("w", key, start), window_accs[kid])
+            held = stored.get(start)
+            if held is None:
+                stored[start] = set(changed)
+            else:
+                held.update(changed)
         self._touched = {}
 
     def _process_sessions(self, items: list[Item], out: list[Item]) -> None:
@@ -414,12 +491,18 @@ class WindowedAggregate:
         out: list[Item] = []
         limit = watermark - self.grace_ms
         ends = self._ends
+        aligned = self.window.kind in ("tumbling", "hopping")
         while ends and ends[0] <= limit:
             end = heapq.heappop(ends)
             windows = self._open.pop(end, None)
             if not windows:
                 continue
-            for (start, kb), key in sorted(windows.items(), key=lambda e: e[0]):
+            # Sorted by (start, packed key): the dict keys are unique, so the
+            # comparison never reaches the key objects.
+            if aligned:
+                self._close_aligned(sorted(windows.items()), end - self.window.size_ms, out)
+                continue
+            for (start, kb), key in sorted(windows.items()):
                 result = self._close(key, kb, start, end)
                 out.append((key, result, end - 1))
         if self._to_prune:
@@ -443,6 +526,23 @@ class WindowedAggregate:
                 view.delete(("b", key))
         self._to_prune = {}
 
+    def _close_aligned(self, windows: list[tuple[bytes, Any]], start: int, out: list[Item]) -> None:
+        # Every window of a sweep's end has the same start: its dicts go at once.
+        view = self._state()
+        accs = self._accs.pop(start, {})
+        # A changed window's newest value need not reach the view: it closes now.
+        self._touched.pop(start, None)
+        stored = self._stored.pop(start, ())
+        delete, append = view.delete, out.append
+        end = start + self.window.size_ms
+        last = end - 1
+        for kb, key in windows:
+            kind = type(key)
+            kid = key if kind is str or kind is int else kb
+            if kid in stored:
+                delete(("w", key, start))
+            append((key, WindowResult(key, start, end, accs[kid]), last))
+
     def _close(self, key: Any, kb: bytes, start: int, end: int) -> WindowResult:
         view, kind = self._state(), self.window.kind
         if kind == "session":
@@ -453,18 +553,13 @@ class WindowedAggregate:
             if not spans:
                 del self._sessions[kb]
             return WindowResult(key, start, end, self._fold_all(r[1] for r in records))
-        if kind == "sliding":
-            buffer = view.get(("b", key)) or []
-            view.delete(("p", key, end))
-            self._to_prune[kb] = key
-            return WindowResult(
-                key, start, end, self._fold_all(v for t, v in buffer if start <= t < end)
-            )
-        slot = (_key_id(key), start)
-        acc = self._accs.pop(slot)
-        self._touched.pop(slot, None)
-        view.delete(("w", key, start))
-        return WindowResult(key, start, end, acc)
+        # sliding (tumbling and hopping windows close in _close_aligned)
+        buffer = view.get(("b", key)) or []
+        view.delete(("p", key, end))
+        self._to_prune[kb] = key
+        return WindowResult(
+            key, start, end, self._fold_all(v for t, v in buffer if start <= t < end)
+        )
 
     def _fold_all(self, values: Any) -> Any:
         it = iter(values)
@@ -500,6 +595,16 @@ class WindowedAggregate:
             windows = self._open[end] = {}
             heapq.heappush(self._ends, end)
         windows[(start, _pack(key) if kb is None else kb)] = key
+
+    def _index_aligned(self, end: int, key: Any = _MISSING) -> dict[Any, Any]:
+        """Index *key*'s window ending at *end* (no key: just the end); return the end's dict."""
+        windows = self._open.get(end)
+        if windows is None:
+            windows = self._open[end] = {}
+            heapq.heappush(self._ends, end)
+        if key is not _MISSING:
+            windows[_pack(key)] = key
+        return windows
 
     def _unindex(self, kb: bytes, start: int, end: int) -> None:
         windows = self._open.get(end)

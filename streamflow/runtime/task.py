@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Final
 from streamflow.errors import OperatorError
 from streamflow.log.partitioner import partition_for
 from streamflow.operators.stateless import Chain, Step, StepFailed
+from streamflow.operators.windows import WindowResult
 
 if TYPE_CHECKING:
     from streamflow.log import Headers
@@ -165,7 +166,9 @@ def sink_writer(
         if key_fn is not None:
             items = [(key_fn(v), v, t) for _, v, t in items]
         if node.windowed:
-            items = [(k, plain(v), t) for k, v, t in items]
+            items = [
+                (k, v.to_dict() if type(v) is WindowResult else plain(v), t) for k, v, t in items
+            ]
         target(items)
 
     return write

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgpack
 import trio
@@ -82,23 +82,26 @@ async def rebuild_store(
     start, _ = await transport.offsets(topic, partition)
     total = max(0, covered - start)
     began = trio.current_time()
-    pending: dict[bytes, bytes | None] = {}
+    pending: dict[bytes, Any] = {}
     applied = 0
     cleared = False
     last_report = began
     position = start
 
+    # One packer for the whole rebuild: msgpack.packb would build one per call.
+    pack = msgpack.Packer(use_bin_type=True).pack
+
     async def flush() -> None:
         nonlocal cleared, pending
-        changes, pending = pending, {}
-        await trio.to_thread.run_sync(
-            lambda: store.write(
-                {name: changes.items()},
-                clear=() if cleared else (name,),
-                forget_checkpoint=not cleared,
-            ),
-            limiter=store.write_limiter,
-        )
+        latest, pending = pending, {}
+        first = not cleared
+
+        def write() -> None:
+            # Only each key's newest value is encoded: older ones were replaced.
+            changes = [(kb, None if v is None else pack(v)) for kb, v in latest.items()]
+            store.write({name: changes}, clear=(name,) if first else (), forget_checkpoint=first)
+
+        await trio.to_thread.run_sync(write, limiter=store.write_limiter)
         cleared = True
 
     def report(done: bool) -> None:
@@ -117,18 +120,10 @@ async def rebuild_store(
         if on_progress is not None:
             on_progress(progress)
 
-    # One packer for the whole rebuild: msgpack.packb would build one per call.
-    pack = msgpack.Packer(use_bin_type=True).pack
-
     async def apply(batch: RecordBatch) -> None:
         nonlocal applied, last_report, position
-        pending.update(
-            zip(
-                map(pack, batch.keys),
-                [None if value is None else pack(value) for value in batch.values],
-                strict=True,
-            )
-        )
+        # Keyed by encoded key, newest value last: the changes of a chunk, deduplicated.
+        pending.update(zip(map(pack, batch.keys), batch.values, strict=True))
         applied += len(batch)
         position = batch.next_offset
         if len(pending) >= chunk_records:

@@ -5,7 +5,10 @@ then LMDB; writes land in the cache and mark the key dirty. A checkpoint takes
 the dirty entries (``take_changes``), appends them to the changelog, commits
 them to LMDB, and then lets the view drop clean entries (``evict``). Nothing
 reaches LMDB between checkpoints, so the hot path is a dict operation and a
-msgpack encoding of the key.
+msgpack encoding of the key. Operators that touch a value per record keep
+their values themselves and hand the changed ones over once per checkpoint
+(``before_take``); a view made over an empty store never reads LMDB for a key
+it has not cached, until it evicts something.
 """
 
 from __future__ import annotations
@@ -88,6 +91,10 @@ class CachedView:
         # One packer per view, reused for every key: msgpack.packb builds a new one per call.
         self._packer = msgpack.Packer(use_bin_type=True)
         self._flushers: list[Callable[[], None]] = []
+        # True while the cache holds every key LMDB has (the store was empty when
+        # the view was made, and nothing was evicted since): a miss is then an
+        # absent key, with no LMDB read. A fresh task reads LMDB for no key.
+        self._complete = store.count(name) == 0
 
     def before_take(self, flush: Callable[[], None]) -> None:
         """Call *flush* before the changes are taken (a checkpoint) or the entries iterated.
@@ -111,11 +118,27 @@ class CachedView:
 
     def get(self, key: Any, default: Any = None) -> Any:
         """Return the value stored under *key*, or *default*."""
+        if self._flushers:
+            # An operator's own cache may hold a newer value (see before_take).
+            self._flush()
+        return self.get_own(key, default)
+
+    def get_own(self, key: Any, default: Any = None) -> Any:
+        """Return the value stored under *key*, or *default*, without flushing operators first.
+
+        For an operator that keeps values itself (see ``before_take``) and reads
+        a key its cache does not hold: there is no newer value of that key to
+        flush, and flushing all the others on every such read would cost a
+        ``put`` per changed key per read.
+        """
         kb = self._key(key)
         value = self._cache.get(kb, _ABSENT)
         if value is _ABSENT and kb not in self._cache:
-            data = self._store.get(self.name, kb)
-            value = _ABSENT if data is None else self._decode(data, key)
+            if self._complete:
+                value = _ABSENT
+            else:
+                data = self._store.get(self.name, kb)
+                value = _ABSENT if data is None else self._decode(data, key)
             self._cache[kb] = value
         return default if value is _ABSENT else value
 
@@ -169,6 +192,7 @@ class CachedView:
         keys: list[Any] = []
         values: list[Any] = []
         encoded: list[tuple[bytes, bytes | None]] = []
+        pack = self._packer.pack
         for kb, key in self._dirty.items():
             value = self._cache[kb]
             if value is _ABSENT:
@@ -177,8 +201,8 @@ class CachedView:
                 encoded.append((kb, None))
             else:
                 try:
-                    vb = encode(value)
-                except NotSerializable as exc:
+                    vb = pack(value)
+                except (TypeError, ValueError, OverflowError) as exc:
                     raise NotSerializable(
                         value, f"value of key {key!r} in store {self.name!r}"
                     ) from exc
@@ -197,11 +221,13 @@ class CachedView:
         """Drop clean entries when the cache is over its limit (after a checkpoint)."""
         if len(self._cache) > self._max_cached:
             self._cache = {kb: self._cache[kb] for kb in self._dirty}
+            self._complete = False
 
     def reset(self) -> None:
         """Forget everything cached (after the store was rebuilt underneath)."""
         self._cache = {}
         self._dirty = {}
+        self._complete = False
 
     def _decode(self, data: bytes, key: object) -> Any:
         try:

@@ -4,10 +4,12 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from streamflow.operators.cache import UNSEEN, KeyCache
 from streamflow.operators.process import Process, ProcessContext
 from tests.state.harness import LocalContext, run_batches
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
     from streamflow.operators.base import Item
@@ -113,3 +115,135 @@ def test_deleted_timer_does_not_fire(tmp_path: Path) -> None:
     op.open(ctx)
     op.process([("a", "set", 1), ("b", "set", 2), ("a", "unset", 3), ("c", "x", 60)])
     assert fired == [("b", "b")]
+
+
+class DictView:
+    """A StateView kept in a dict, without ``before_take`` (a view that is not a CachedView)."""
+
+    def __init__(self) -> None:
+        self.data: dict[Any, Any] = {}
+        self.puts = 0
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self.data.get(repr(key), default)
+
+    def put(self, key: Any, value: Any) -> None:
+        self.puts += 1
+        self.data[repr(key)] = value
+
+    def delete(self, key: Any) -> None:
+        self.data.pop(repr(key), None)
+
+    def items(self) -> Iterator[tuple[Any, Any]]:
+        return iter([])
+
+
+class DictContext(LocalContext):
+    """A LocalContext whose operators get a DictView instead of the LMDB-backed view."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, ["s"])
+        self.dict_view = DictView()
+
+    def state(self, store: str) -> Any:
+        return self.dict_view
+
+
+def count_fn(ctx: ProcessContext, key: Any, value: Any) -> None:
+    ctx.state.set(ctx.state.get(0) + value)
+
+
+def test_checkpoint_takes_one_change_per_key_with_its_latest_value(tmp_path: Path) -> None:
+    ctx = LocalContext(tmp_path / "s", ["n"])
+    op = Process("p", "n", count_fn)
+    op.open(ctx)
+    for t in range(0, 300, 3):
+        op.process([("a", 1, t), ("b", 2, t + 1), ("a", 1, t + 2)])
+    changes = ctx.views["n"].take_changes()
+    state = dict(zip(map(repr, changes.keys), changes.values, strict=True))
+    assert state == {"('k', 'a')": 200, "('k', 'b')": 200, "('m', 'watermark')": 299}
+    ctx.store.write({"n": changes.encoded})
+    ctx.close()
+
+    ctx = LocalContext(tmp_path / "s", ["n"])
+    op = Process("p", "n", count_fn)
+    op.open(ctx)
+    op.process([("a", 5, 300)])
+    assert ctx.views["n"].get(("k", "a")) == 205
+    assert ctx.views["n"].get(("k", "b")) == 200
+
+
+def test_keys_that_msgpack_stores_apart_keep_apart_states(tmp_path: Path) -> None:
+    ctx = LocalContext(tmp_path / "s", ["n"])
+    op = Process("p", "n", count_fn)
+    op.open(ctx)
+    # Equal in Python (1 == 1.0 == True), three different keys in the store.
+    op.process([(1, 1, 0), (1.0, 10, 1), (True, 100, 2), ((1, "x"), 1000, 3), ([1, "x"], 1, 4)])
+    view = ctx.views["n"]
+    assert view.get(("k", 1)) == 1
+    assert view.get(("k", 1.0)) == 10
+    assert view.get(("k", True)) == 100
+    assert view.get(("k", [1, "x"])) == 1001  # a tuple and a list are stored alike
+    ctx.commit()
+    ctx.close()
+
+
+def test_state_reaches_a_view_without_before_take_after_each_batch(tmp_path: Path) -> None:
+    ctx = DictContext(tmp_path / "s")
+    op = Process("p", "s", count_fn)
+    op.open(ctx)
+    op.process([("a", 1, 0), ("a", 1, 1), ("b", 1, 2)])
+    assert ctx.dict_view.data["('k', 'a')"] == 2
+    assert ctx.dict_view.data["('k', 'b')"] == 1
+    puts = ctx.dict_view.puts
+    op.process([("a", 1, 3)])
+    assert ctx.dict_view.data["('k', 'a')"] == 3
+    assert ctx.dict_view.puts == puts + 2  # the changed key and the watermark
+    ctx.close()
+
+
+def test_state_deleted_in_one_batch_is_a_tombstone_at_the_checkpoint(tmp_path: Path) -> None:
+    def fn(ctx: ProcessContext, key: Any, value: Any) -> None:
+        if value is None:
+            ctx.state.delete()
+        else:
+            ctx.state.set(value)
+
+    ctx = LocalContext(tmp_path / "s", ["v"])
+    op = Process("p", "v", fn)
+    op.open(ctx)
+    op.process([("a", 1, 0), ("b", 2, 0)])
+    ctx.commit()
+    op.process([("a", None, 1), ("b", 3, 1)])
+    changes = ctx.views["v"].take_changes()
+    assert dict(zip(map(repr, changes.keys), changes.values, strict=True)) == {
+        "('k', 'a')": None,
+        "('k', 'b')": 3,
+        "('m', 'watermark')": 1,
+    }
+    ctx.store.write({"v": changes.encoded})
+    assert sorted(repr(k) for k, _ in ctx.views["v"].items()) == [
+        "['k', 'b']",
+        "['m', 'watermark']",
+    ]
+    ctx.close()
+
+
+def test_cache_over_its_limit_keeps_every_value(tmp_path: Path) -> None:
+    ctx = LocalContext(tmp_path / "s", ["n"])
+    view = ctx.views["n"]
+    cache = KeyCache(view, lambda key: key, max_keys=3)
+    for kid in range(10):
+        cache.values[kid] = kid * 10
+        cache.changed[kid] = kid
+        cache.after_batch()
+    assert len(cache.values) <= 4
+
+    def read(kid: int) -> Any:
+        value = cache.values.get(kid, UNSEEN)
+        return cache.load(kid, kid) if value is UNSEEN else value
+
+    assert [read(kid) for kid in range(10)] == [kid * 10 for kid in range(10)]
+    cache.write()
+    assert [view.get(kid) for kid in range(10)] == [kid * 10 for kid in range(10)]
+    ctx.close()

@@ -274,3 +274,94 @@ def test_results_do_not_depend_on_batching(
     # every record is either in a result or reported late
     seen = {v for *_, acc in whole for v in acc} | {v for _, v, _ in whole_late}
     assert seen == {v for _, v, _ in items}
+
+
+def test_tumbling_window_opened_out_of_order_closes_first(tmp_path: Path) -> None:
+    # [50, 60) opens first; then a record within grace opens [40, 50), which
+    # ends earlier and must close first, as soon as the watermark reaches 50 + 100.
+    ctx = LocalContext(tmp_path / "state", ["w"])
+    op = collect(tumbling(ms=10), grace_ms=100)
+    op.open(ctx)
+    assert op.process([("a", 1, 55), ("b", 2, 45)]) == []
+    assert op.process([("a", 3, 149)]) == []
+    assert results(op.process([("c", 4, 150)])) == [("b", 40, 50, [2])]
+    assert results(op.process([("c", 5, 160)])) == [("a", 50, 60, [1])]
+    ctx.close()
+
+
+def test_tumbling_closes_each_window_when_its_end_plus_grace_is_reached(tmp_path: Path) -> None:
+    ctx = LocalContext(tmp_path / "state", ["w"])
+    op = collect(tumbling(ms=10), grace_ms=5)
+    op.open(ctx)
+    assert op.process([("a", 1, 3), ("b", 2, 12)]) == []
+    assert results(op.process([("a", 3, 14)])) == []
+    assert results(op.process([("a", 4, 15)])) == [("a", 0, 10, [1])]
+    assert results(op.process([("c", 5, 24), ("c", 6, 25)])) == [
+        ("a", 10, 20, [3, 4]),
+        ("b", 10, 20, [2]),
+    ]
+    ctx.close()
+
+
+def test_window_closed_between_checkpoints_leaves_no_tombstone(tmp_path: Path) -> None:
+    ctx = LocalContext(tmp_path / "state", ["w"])
+    op = collect(tumbling(ms=10))
+    op.open(ctx)
+    op.process([("a", 1, 1), ("b", 2, 12)])  # opens [0, 10) and [10, 20), closes [0, 10)
+    changes = ctx.views["w"].take_changes()
+    # [0, 10) never reached the store: nothing to delete. [10, 20) is open.
+    assert sorted(map(repr, changes.keys)) == ["('m', 'watermark')", "('w', 'b', 10)"]
+    ctx.store.write({"w": changes.encoded})
+    assert results(op.process([("c", 3, 25)])) == [("b", 10, 20, [2])]
+    changes = ctx.views["w"].take_changes()
+    # [10, 20) was stored, so closing it deletes it; [20, 30) is new.
+    assert dict(zip(map(repr, changes.keys), changes.values, strict=True)) == {
+        "('w', 'b', 10)": None,
+        "('m', 'watermark')": 25,
+        "('w', 'c', 20)": [3],
+    }
+    ctx.close()
+
+
+@pytest.mark.parametrize("window", [tumbling(ms=10), hopping(size_ms=10, step_ms=5)])
+def test_aligned_windows_keep_keys_apart_that_msgpack_stores_apart(
+    tmp_path: Path, window: WindowSpec
+) -> None:
+    items: list[Item] = [(None, "n", 1), (1, "i", 2), (True, "t", 3), (1.0, "f", 4)]
+    items += [(("a", 1), "tuple", 5), (["a", 1], "list", 6)]
+    split, late, ctx = run(tmp_path / "split", window, [items[:3], items[3:]])
+    assert late == []
+    firsts = {repr(key): value for key, start, _, value in split if start == 0}
+    assert firsts == {
+        "None": ["n"],
+        "1": ["i"],
+        "True": ["t"],
+        "1.0": ["f"],
+        "('a', 1)": ["tuple", "list"],  # a tuple and a list are the same stored key
+    }
+    # A restart in the middle gives the same results.
+    first = LocalContext(tmp_path / "restart", ["w"])
+    op = collect(window)
+    op.open(first)
+    out = op.process(items[:3])
+    first.commit()
+    first.close()
+    second = LocalContext(tmp_path / "restart", ["w"])
+    op = collect(window)
+    op.open(second)
+    out += op.process(items[3:]) + op.finish()
+    assert results(out) == split
+    ctx.close()
+    second.close()
+
+
+def test_late_record_between_two_of_an_open_window_does_not_make_the_next_late(
+    tmp_path: Path,
+) -> None:
+    # Found by test_results_do_not_depend_on_batching: the late record (window
+    # [0, 10), closed at 15) sits between two records of the open [10, 20).
+    items: list[Item] = [("a", 1, 15), ("a", 2, 0), ("a", 3, 10)]
+    out, late, ctx = run(tmp_path, tumbling(ms=10), [items], grace_ms=5)
+    assert out == [("a", 10, 20, [1, 3])]
+    assert late == [("a", 2, 0)]
+    ctx.close()

@@ -151,3 +151,31 @@ def test_unserialisable_value_names_store_and_key(tmp_path: Path) -> None:
         assert view.dirty_count == 1
         with pytest.raises(NotSerializable):
             view.put({1, 2}, 1)
+
+
+def test_view_reads_lmdb_again_for_keys_it_evicted(tmp_path: Path) -> None:
+    with StateStore.open(tmp_path / "t", ["s"]) as store:
+        view = CachedView(store, "s", max_cached=2)
+        assert view.get("never") is None  # an empty store: no LMDB read needed
+        for k in range(5):
+            view.put(k, k * 10)
+        store.write({"s": view.take_changes().encoded})
+        view.evict()
+        assert [view.get(k) for k in range(5)] == [0, 10, 20, 30, 40]
+        assert view.get("never") is None
+
+
+def test_view_get_sees_values_an_operator_has_not_handed_over(tmp_path: Path) -> None:
+    with StateStore.open(tmp_path / "t", ["s"]) as store:
+        view = CachedView(store, "s")
+        held = {"a": 1}
+
+        def hand_over() -> None:
+            for key, value in held.items():
+                view.put(key, value)
+
+        view.before_take(hand_over)
+        assert view.get_own("a") is None  # get_own does not ask the operator
+        assert view.get("a") == 1
+        held["a"] = 2
+        assert view.take_changes().values == [2]
