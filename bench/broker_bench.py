@@ -14,8 +14,11 @@ by user id on a 4-partition topic (fsync="interval"):
   call to the record coming out of ``poll`` (p50/p99 over ``--seconds``).
 
 Every TCP figure is also printed as a ratio to the embedded figure of the
-same run. Targets (issue 3): TCP produce and consume >= 0.5 x embedded;
-p99 end-to-end latency < 20 ms at 1,000 records/s.
+same run. The CPU time the broker process and the consuming process spend
+per record (from ``/proc``, so Linux only) is printed too: unlike rates, it
+barely moves when other work shares the cores. Targets (issue 3): TCP
+produce and consume >= 0.5 x embedded; p99 end-to-end latency < 20 ms at
+1,000 records/s.
 
 Run::
 
@@ -160,6 +163,12 @@ async def latency(target: str, seconds: float) -> list[float]:
     return samples
 
 
+def cpu_seconds(pid: int) -> float:
+    """Return the user + system CPU seconds process *pid* has used (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def start_broker(data: Path) -> tuple[subprocess.Popen[str], str]:
     broker = subprocess.Popen(
         [sys.executable, "-m", "streamflow.log.broker", "--data", str(data), "--port", "0"],
@@ -195,13 +204,22 @@ def run(n: int, seconds: float, root: Path) -> dict[str, Any]:
         trio.run(create, str(emb))
         rows[f"produce x{producers} embedded"] = trio.run(produce_embedded, str(emb), n, producers)
         if producers == 1:
+            client_cpu = time.process_time()
             rows["consume embedded"] = trio.run(consume, str(emb), n)
+            rows["consume embedded client cpu"] = (time.process_time() - client_cpu) / n * 1e6
         broker, url = start_broker(root / f"tcp-{producers}")
         try:
             trio.run(create, url)
+            broker_cpu = cpu_seconds(broker.pid)
             rows[f"produce x{producers} tcp"] = produce_processes(url, n, producers)
+            rows[f"produce x{producers} tcp broker cpu"] = (
+                (cpu_seconds(broker.pid) - broker_cpu) / n * 1e6
+            )
             if producers == 1:
+                broker_cpu, client_cpu = cpu_seconds(broker.pid), time.process_time()
                 rows["consume tcp"] = trio.run(consume, url, n)
+                rows["consume tcp client cpu"] = (time.process_time() - client_cpu) / n * 1e6
+                rows["consume tcp broker cpu"] = (cpu_seconds(broker.pid) - broker_cpu) / n * 1e6
         finally:
             stop_broker(broker)
     lat_dir = root / "latency"
@@ -231,6 +249,13 @@ def report(rows: dict[str, Any]) -> None:
     for q in ("p50", "p99"):
         emb, tcp = rows[f"latency embedded {q} ms"], rows[f"latency tcp {q} ms"]
         print(f"{'latency ' + q + ' (ms)':<28}{emb:>14.2f}{tcp:>14.2f}{tcp / emb:>10.2f}")
+    print("cpu per record (us)")
+    emb = rows["consume embedded client cpu"]
+    print(f"{'  consume, consumer':<28}{emb:>14.2f}{rows['consume tcp client cpu']:>14.2f}")
+    print(f"{'  consume, broker':<28}{'-':>14}{rows['consume tcp broker cpu']:>14.2f}")
+    for producers in (1, 4):
+        label = f"  produce x{producers}, broker"
+        print(f"{label:<28}{'-':>14}{rows[f'produce x{producers} tcp broker cpu']:>14.2f}")
     checks = {
         "tcp produce x1 >= 0.5 embedded": rows["produce x1 tcp"]
         >= 0.5 * rows["produce x1 embedded"],

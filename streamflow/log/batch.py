@@ -36,17 +36,19 @@ from __future__ import annotations
 
 import struct
 import zlib
+from bisect import bisect_left
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 import msgpack
 
-from streamflow.errors import NotSerializable
+from streamflow.errors import CorruptBatch, NotSerializable
 
 from .record import RecordBatch
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from pathlib import Path
 
     from .record import Headers
 
@@ -333,3 +335,89 @@ def decode(buf: bytes | bytearray | memoryview, position: int, header: BatchHead
     if len(offsets) != n or len(timestamps) != n or (headers is not None and len(headers) != n):
         raise ValueError("column lengths differ from record_count")
     return RecordBatch(offsets, timestamps, keys, values, headers)
+
+
+def checked_header(buf: bytes | bytearray | memoryview, position: int = 0) -> BatchHeader:
+    """Return the header of the batch at *position* of *buf* once the whole batch passes.
+
+    The batch must lie whole in *buf*, have a possible header and a good CRC.
+
+    Raises:
+        ValueError: naming what is wrong (the reasons ``CorruptBatch`` gives).
+
+    >>> checked_header(encode_batch(7, [1], ["a"])).next_offset
+    8
+    """
+    if len(buf) - position < HEADER_SIZE:
+        raise ValueError("batch header cut short")
+    header = parse_header(buf, position)
+    if not looks_valid(header):
+        raise ValueError("impossible batch header")
+    if position + header.size > len(buf):
+        raise ValueError("batch runs past the end of the data")
+    if not crc_matches(buf, position, header):
+        raise ValueError("bad CRC")
+    return header
+
+
+def trim(batch: RecordBatch, offset: int) -> RecordBatch:
+    """Return the records of *batch* at or after *offset* (the batch itself if all are).
+
+    >>> trim(RecordBatch([4, 5, 7], [1, 1, 2], ["a", "b", "c"], [1, 2, 3]), 6).offsets
+    [7]
+    """
+    offsets = batch.offsets
+    if not offsets or offsets[0] >= offset:
+        return batch
+    i = bisect_left(offsets, offset)
+    return RecordBatch(
+        offsets[i:],
+        batch.timestamps[i:],
+        batch.keys[i:],
+        batch.values[i:],
+        None if batch.headers is None else batch.headers[i:],
+    )
+
+
+def decode_run(
+    data: bytes | memoryview,
+    path: Path,
+    position: int,
+    offset: int,
+    floor: int,
+    label: str,
+    out: list[RecordBatch],
+) -> int:
+    """Check and decode whole batches laid end to end in *data*; append them to *out*.
+
+    *data* is the bytes of segment file *path* from byte *position* (a stored
+    run). Each batch must lie whole in *data*, pass ``checked_header``, end at
+    or after *offset* and start at or after *floor* (where the batch before it
+    ended). Records before *offset* are dropped (a read may start inside a
+    stored batch, and compacted batches have gaps), and so are batches left empty.
+
+    Returns:
+        The offset after the last batch: the *floor* for the next run.
+
+    Raises:
+        CorruptBatch: naming *path*, the batch's byte position in it, and in its
+            reason *label* (the topic and partition) and the offset reached.
+    """
+    at = 0
+    while at < len(data):
+        try:
+            header = checked_header(data, at)
+            if header.base_offset < floor or header.last_offset < offset:
+                raise ValueError("batch offsets out of order")
+            batch = decode(data, at, header)
+        except ValueError as exc:
+            reached = max(offset, floor)
+            raise CorruptBatch(
+                path, position + at, f"{exc} ({label}, reading from offset {reached})"
+            ) from exc
+        at += header.size
+        floor = header.next_offset
+        batch = trim(batch, offset)
+        if batch.offsets:
+            out.append(batch)
+    return floor

@@ -2,13 +2,15 @@
 
 The broker is a thin shell: each request is decoded (``wire.py``), handed to
 the one ``EmbeddedTransport`` of the log, and its result or error encoded
-back. It binds loopback unless told otherwise, checks the optional token at
-the handshake (``hmac.compare_digest``), checks a frame's length before it
-reads the body, bounds the requests in flight per connection (it stops
-reading while at the limit), and closes connections that stay idle or take
-too long to finish a frame. A failure while serving a connection closes that
-connection only. ``python -m streamflow.log.broker --data DIR --port 0``
-prints ``READY <port>`` once it listens.
+back; a version-2 fetch ships the stored batch bytes as they are
+(``EmbeddedTransport.fetch_stored``), and the client checks and decodes them.
+It binds loopback unless told otherwise, settles the protocol version and
+checks the optional token (``hmac.compare_digest``) at the handshake, checks
+a frame's length before it reads the body, bounds the requests in flight per
+connection (it stops reading while at the limit), and closes connections that
+stay idle or take too long to finish a frame. A failure while serving a
+connection closes that connection only. ``python -m streamflow.log.broker
+--data DIR --port 0`` prints ``READY <port>`` once it listens.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from .embedded import EmbeddedTransport
 from .transport import ProducerIdentity
 from .wire import (
     MAX_FRAME_BYTES,
-    PROTOCOL_VERSION,
+    STORED_FETCH_VERSION,
     FrameReader,
     Request,
     decode_body,
@@ -47,7 +49,9 @@ from .wire import (
     encode_description,
     encode_group,
     encode_positions,
+    encode_stored,
     error_frame,
+    negotiate_version,
     response_frame,
 )
 
@@ -55,6 +59,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from .fileio import FileIO
+    from .transport import TopicPartition
 
 logger = logging.getLogger("streamflow.broker")
 
@@ -79,6 +84,17 @@ def _arg(
     return value
 
 
+def _fetch_args(args: dict[str, Any]) -> tuple[dict[TopicPartition, int], int, float]:
+    """Return a fetch's positions, byte budget and wait, both limits capped."""
+    positions = decode_positions(args.get("positions"))
+    if not all(isinstance(o, int) and not isinstance(o, bool) for o in positions.values()):
+        raise ProtocolError("fetch positions must be integer offsets")
+    max_bytes = min(_arg(args, "max_bytes", int, optional=True) or 1 << 20, MAX_FETCH_BYTES)
+    timeout = _arg(args, "timeout", (int, float), optional=True) or 0.0
+    timeout = min(max(0.0, float(timeout)), MAX_FETCH_WAIT) if math.isfinite(timeout) else 0.0
+    return positions, max_bytes, timeout
+
+
 class Handlers:
     """Turn decoded requests into calls on an ``EmbeddedTransport``. Safe from many tasks."""
 
@@ -101,8 +117,14 @@ class Handlers:
             "list_groups": self.list_groups,
         }
 
-    async def handle(self, op: str, args: dict[str, Any]) -> Any:
-        """Run operation *op*; raise ``ProtocolError`` for an unknown op or bad arguments."""
+    async def handle(self, op: str, args: dict[str, Any], version: int = 1) -> Any:
+        """Run operation *op* as protocol *version* defines it.
+
+        Raises:
+            ProtocolError: for an unknown op or bad arguments.
+        """
+        if op == "fetch" and version >= STORED_FETCH_VERSION:
+            return await self.fetch_stored(args)
         handler = self._ops.get(op)
         if handler is None:
             raise ProtocolError(f"unknown operation {op!r}; see docs/protocol.md")
@@ -147,17 +169,18 @@ class Handlers:
         return first
 
     async def fetch(self, args: dict[str, Any]) -> list[list[Any]]:
-        """Handle ``fetch {positions, max_bytes, timeout}`` (both limits capped)."""
-        positions = decode_positions(args.get("positions"))
-        if not all(isinstance(o, int) and not isinstance(o, bool) for o in positions.values()):
-            raise ProtocolError("fetch positions must be integer offsets")
-        max_bytes = min(_arg(args, "max_bytes", int, optional=True) or 1 << 20, MAX_FETCH_BYTES)
-        timeout = _arg(args, "timeout", (int, float), optional=True) or 0.0
-        timeout = min(max(0.0, float(timeout)), MAX_FETCH_WAIT) if math.isfinite(timeout) else 0.0
+        """Handle a version-1 ``fetch {positions, max_bytes, timeout}``: decoded batches."""
+        positions, max_bytes, timeout = _fetch_args(args)
         found = await self.transport.fetch(positions, max_bytes=max_bytes, timeout=timeout)
         return encode_positions(
             {tp: [encode_batch(b) for b in batches] for tp, batches in found.items()}
         )
+
+    async def fetch_stored(self, args: dict[str, Any]) -> list[list[Any]]:
+        """Handle a version-2 ``fetch``: the batches as stored, checked by the client."""
+        positions, max_bytes, timeout = _fetch_args(args)
+        found = await self.transport.fetch_stored(positions, max_bytes=max_bytes, timeout=timeout)
+        return encode_positions({tp: encode_stored(runs) for tp, runs in found.items()})
 
     async def offsets(self, args: dict[str, Any]) -> list[int]:
         """Handle ``offsets {topic, partition}``."""
@@ -249,6 +272,8 @@ class Session:
         self.frame_timeout = frame_timeout
         self._slots = trio.Semaphore(max_in_flight)
         self._send_lock = trio.Lock()
+        #: The protocol version the handshake settled on.
+        self.version = 1
 
     async def run(self) -> None:
         """Serve requests until the client leaves or breaks the protocol."""
@@ -279,12 +304,7 @@ class Session:
             request_id = request.request_id
             if not isinstance(request, Request) or request.op != "hello":
                 raise ProtocolError("the first request must be hello")
-            version = request.args.get("version")
-            if version != PROTOCOL_VERSION:
-                raise ProtocolError(
-                    f"protocol version {version!r} is not supported; this broker speaks "
-                    f"version {PROTOCOL_VERSION}: upgrade the client or the broker"
-                )
+            version = negotiate_version(request.args)
             if self.token is not None:
                 given = request.args.get("token")
                 if not isinstance(given, str) or not hmac.compare_digest(
@@ -297,7 +317,8 @@ class Session:
         except (ProtocolError, AuthenticationFailed) as exc:
             await self._send(error_frame(request_id, exc))
             return False
-        await self._send(response_frame(request_id, {"version": PROTOCOL_VERSION}))
+        self.version = version
+        await self._send(response_frame(request_id, {"version": version}))
         return True
 
     async def _read_requests(self, nursery: trio.Nursery) -> None:
@@ -335,7 +356,7 @@ class Session:
     async def _serve_request(self, request: Request) -> None:
         try:
             try:
-                result = await self.handlers.handle(request.op, request.args)
+                result = await self.handlers.handle(request.op, request.args, self.version)
                 frame = response_frame(request.request_id, result)
             except (StreamflowError, ValueError, TypeError, KeyError) as exc:
                 frame = error_frame(request.request_id, exc)

@@ -12,7 +12,7 @@ implemented here only.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import trio
 
@@ -21,10 +21,11 @@ from .offsets import OFFSETS_TOPIC, OffsetStore
 from .transport import GroupDescription
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
 
     from .directory import Log
     from .record import RecordBatch
+    from .segment import StoredRun
     from .transport import (
         Assignment,
         Columns,
@@ -38,6 +39,8 @@ logger = logging.getLogger("streamflow.log")
 
 #: Smallest read budget a partition gets when a fetch asks for many.
 MIN_PARTITION_BYTES: Final = 64 << 10
+
+_Found = TypeVar("_Found")
 
 
 class EmbeddedTransport:
@@ -119,13 +122,36 @@ class EmbeddedTransport:
         timeout: float = 0.5,
     ) -> dict[TopicPartition, list[RecordBatch]]:
         """Read batches at *positions*, waiting up to *timeout* s; see ``Transport.fetch``."""
+        return await self._poll(positions, timeout, self._read, max_bytes)
+
+    async def fetch_stored(
+        self,
+        positions: dict[TopicPartition, int],
+        *,
+        max_bytes: int = 1 << 20,
+        timeout: float = 0.5,
+    ) -> dict[TopicPartition, list[StoredRun]]:
+        """Read what ``fetch`` would, as the batch bytes stored on disk (the broker's path).
+
+        Nothing is CRC-checked or decoded: the reader does both and drops the
+        records before its position (``wire.decode_stored``).
+        """
+        return await self._poll(positions, timeout, self._read_stored, max_bytes)
+
+    async def _poll(
+        self,
+        positions: dict[TopicPartition, int],
+        timeout: float,
+        read: Callable[[dict[TopicPartition, int], int], dict[TopicPartition, list[_Found]]],
+        max_bytes: int,
+    ) -> dict[TopicPartition, list[_Found]]:
         deadline = trio.current_time() + max(0.0, timeout)
         if not positions:
             await trio.sleep_until(deadline)
             return {}
         while True:
             events = [self._event(tp) for tp in positions]
-            found = await trio.to_thread.run_sync(self._read, dict(positions), max_bytes)
+            found = await trio.to_thread.run_sync(read, dict(positions), max_bytes)
             if found or trio.current_time() >= deadline:
                 return found
             with trio.move_on_at(deadline):
@@ -141,6 +167,18 @@ class EmbeddedTransport:
             batches = self.log.partition(topic, partition).read_batches(offset, max_bytes=share)
             if batches:
                 found[(topic, partition)] = batches
+        return found
+
+    def _read_stored(
+        self, positions: dict[TopicPartition, int], max_bytes: int
+    ) -> dict[TopicPartition, list[StoredRun]]:
+        """Read every asked partition once, as stored. Blocking."""
+        share = max(MIN_PARTITION_BYTES, max_bytes // max(1, len(positions)))
+        found: dict[TopicPartition, list[StoredRun]] = {}
+        for (topic, partition), offset in positions.items():
+            runs = self.log.partition(topic, partition).read_stored(offset, max_bytes=share)
+            if runs:
+                found[(topic, partition)] = runs
         return found
 
     async def offsets(self, topic: str, partition: int) -> tuple[int, int]:

@@ -42,7 +42,7 @@ from .fileio import OS_FILES, FsyncFailed
 from .naming import CLEAN_SHUTDOWN_FILE, RECOVERY_POINT_FILE
 from .producers import ProducerTable, load_snapshot, write_snapshot
 from .recovery import recover
-from .segment import Segment
+from .segment import Segment, StoredRun, read_stored_runs
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -476,6 +476,19 @@ class Partition:
             if not complete or records_left <= 0 or (out and bytes_left <= 0):
                 break
         return out
+
+    def read_stored(self, offset: int, *, max_bytes: int = 1 << 20) -> list[StoredRun]:
+        """Read the batches ``read_batches`` would return, as the bytes stored on disk.
+
+        Blocking. Nothing is decoded or CRC-checked here; the reader does both and
+        drops the records before *offset* (see ``batch.decode_stored``).
+
+        Raises:
+            OffsetOutOfRange: if *offset* is below ``start_offset`` or above ``end_offset``.
+            CorruptBatch: if a batch header is impossible.
+        """
+        segments, limit, end = self._snapshot(offset)
+        return [] if offset == end else read_stored_runs(segments, limit, offset, max_bytes)
 
     def read(self, offset: int, max_records: int = 500) -> list[Record]:
         """Read up to *max_records* records from *offset* on, skipping compacted gaps.

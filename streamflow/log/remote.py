@@ -20,7 +20,8 @@ import trio
 from ..errors import AuthenticationFailed, BrokerUnavailable, FrameTooLarge, ProtocolError
 from .wire import (
     MAX_FRAME_BYTES,
-    PROTOCOL_VERSION,
+    STORED_FETCH_VERSION,
+    VERSIONS,
     ErrorReply,
     FrameReader,
     Response,
@@ -31,6 +32,7 @@ from .wire import (
     decode_description,
     decode_group,
     decode_positions,
+    decode_stored,
     encode_columns,
     encode_committed,
     encode_positions,
@@ -83,6 +85,7 @@ class _Connection:
     pending: dict[int, _Call] = field(default_factory=dict)
     send_lock: trio.Lock = field(default_factory=trio.Lock)
     broken: BaseException | None = None
+    version: int = 1
 
 
 class RemoteTransport:
@@ -160,10 +163,11 @@ class RemoteTransport:
         conn = _Connection(stream, FrameReader(stream, max_frame_bytes=self.max_frame_bytes))
         self._nursery.start_soon(self._run_reader, conn)
         try:
+            # "version": 1 lets a version-1 broker accept the hello; "versions" offers the rest
             hello = await self._roundtrip(
                 conn,
                 "hello",
-                {"version": PROTOCOL_VERSION, "token": self._token},
+                {"version": VERSIONS[0], "versions": list(VERSIONS), "token": self._token},
                 self.request_timeout,
             )
         except AuthenticationFailed:
@@ -172,9 +176,11 @@ class RemoteTransport:
         except BaseException as exc:
             self._drop(conn, exc)
             raise
-        if not isinstance(hello, dict) or hello.get("version") != PROTOCOL_VERSION:
+        version = hello.get("version") if isinstance(hello, dict) else None
+        if version not in VERSIONS or isinstance(version, bool):
             self._drop(conn, ProtocolError("bad hello"))
             raise ProtocolError(f"broker {self.address} speaks another protocol: {hello!r}")
+        conn.version = version
         return conn
 
     async def _run_reader(self, conn: _Connection) -> None:
@@ -251,10 +257,18 @@ class RemoteTransport:
         return call.result
 
     async def _call(self, op: str, args: dict[str, Any], extra_timeout: float = 0.0) -> Any:
+        _, result = await self._call_versioned(op, args, extra_timeout)
+        return result
+
+    async def _call_versioned(
+        self, op: str, args: dict[str, Any], extra_timeout: float = 0.0
+    ) -> tuple[int, Any]:
+        """Call *op*; return the answering connection's protocol version and the result."""
         if self._closed:
             raise trio.ClosedResourceError("the client is closed")
         conn = await self._connection()
-        return await self._roundtrip(conn, op, args, self.request_timeout + extra_timeout)
+        result = await self._roundtrip(conn, op, args, self.request_timeout + extra_timeout)
+        return conn.version, result
 
     async def open(self) -> None:
         """Connect now (rather than on the first call); raise ``BrokerUnavailable``."""
@@ -311,13 +325,21 @@ class RemoteTransport:
     ) -> dict[TopicPartition, list[RecordBatch]]:
         """Read batches at *positions*, waiting up to *timeout* s; see ``Transport.fetch``."""
         timeout = max(0.0, timeout) if math.isfinite(timeout) else self.request_timeout
-        rows = await self._call(
+        version, rows = await self._call_versioned(
             "fetch",
             {"positions": encode_positions(positions), "max_bytes": max_bytes, "timeout": timeout},
             extra_timeout=timeout,
         )
         found: dict[TopicPartition, list[RecordBatch]] = {}
         for tp, blobs in decode_positions(rows).items():
+            if version >= STORED_FETCH_VERSION:
+                offset = positions.get(tp)
+                if offset is None:
+                    raise ProtocolError(f"fetch answered {tp}, which was not asked for")
+                batches = decode_stored(tp[0], tp[1], offset, blobs)
+                if batches:
+                    found[tp] = batches
+                continue
             if not isinstance(blobs, list):
                 raise ProtocolError("fetch batches must be a list")
             found[tp] = [decode_batch(blob) for blob in blobs]

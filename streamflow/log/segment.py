@@ -41,7 +41,7 @@ from .naming import TMP_SUFFIX, index_path, log_path, time_index_path
 from .record import RecordBatch
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterator, Sequence
     from pathlib import Path
 
     from .fileio import FileIO
@@ -50,6 +50,7 @@ NO_TIMESTAMP: Final = -(1 << 63)
 READ_CHUNK: Final = 64 << 10
 SCAN_CHUNK: Final = 1 << 20
 MAX_READ_CHUNK: Final = 8 << 20
+UNLIMITED: Final = 1 << 62
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +86,30 @@ class _Window:
             if len(self.buf) < n:
                 return None
         return self.buf, position - self.start
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRun:
+    """Whole batches exactly as stored: the bytes of segment *segment* from byte *position*.
+
+    ``segment`` is the segment's base offset (its file is ``<segment:020d>.log``).
+    """
+
+    segment: int
+    position: int
+    data: bytes | memoryview
+
+
+def holds_from(header: BatchHeader, offset: int) -> bool:
+    """Return whether a batch whose last slot is at or after *offset* surely has a record there.
+
+    Only the header is looked at: a batch that starts at or after *offset*
+    holds records, and so does a straddling batch with every slot filled; a
+    straddling compacted batch may have lost the records at or after *offset*.
+    """
+    return header.record_count > 0 and (
+        header.base_offset >= offset or header.record_count == header.last_offset_delta + 1
+    )
 
 
 def slice_batch(batch: RecordBatch, i: int, j: int) -> RecordBatch:
@@ -385,6 +410,47 @@ class Segment:
                 return out, used, count, position + header.size >= limit
         return out, used, count, True
 
+    def read_stored(
+        self, offset: int, limit: int, max_bytes: int, found: bool
+    ) -> tuple[StoredRun | None, int, bool, bool]:
+        """Return the batches holding offsets >= *offset* below byte *limit*, as stored. Blocking.
+
+        Only headers are checked (the reader checks CRCs and decodes). Stops
+        before a batch that would take the total past *max_bytes* once a batch
+        that surely has a record at or after *offset* is in hand (*found* says
+        an earlier segment gave one). The batches are contiguous, so they come
+        back as one run, read with one ``pread`` where the header walk's window
+        does not already hold them. Returns ``(run, bytes, found, complete)``
+        as ``read`` does.
+        """
+        chunk = max(READ_CHUNK, min(max_bytes + INDEX_INTERVAL_BYTES, MAX_READ_CHUNK))
+        start = end = -1
+        complete = True
+        window = None
+        for position, header, walked in self._batches(offset, limit, chunk):
+            window = walked
+            if found and end - start + header.size > max_bytes:
+                complete = False
+                break
+            if start < 0:
+                start = position
+            end = position + header.size
+            found = found or holds_from(header, offset)
+            if found and end - start >= max_bytes:
+                complete = end >= limit
+                break
+        if window is None or start < 0:
+            return None, 0, found, complete
+        if window.start <= start and end <= window.start + len(window.buf):
+            data: bytes | memoryview = memoryview(window.buf)[
+                start - window.start : end - window.start
+            ]
+        else:
+            data = self.files.pread(self.handle, end - start, start)
+            if len(data) < end - start:
+                raise CorruptBatch(self.path, start, "batches cut short")
+        return StoredRun(self.base_offset, start, data), end - start, found, complete
+
     def last_batch_ok(self) -> bool:
         """Return whether the last tracked batch passes its CRC. Blocking."""
         position = self.last_batch_position
@@ -423,3 +489,35 @@ class Segment:
                 if ts >= timestamp and offset >= start:
                     return offset
         return None
+
+
+def read_stored_runs(
+    segments: Sequence[Segment], limit: int, offset: int, max_bytes: int
+) -> list[StoredRun]:
+    """Read the stored batches holding offsets >= *offset* across *segments*. Blocking.
+
+    *limit* is the published size of the last segment. One run per segment;
+    the byte budget spans them as in ``Partition.read_batches``, and a
+    segment that stopped early ends the read (going on would skip records).
+    """
+    runs: list[StoredRun] = []
+    bytes_left = max_bytes
+    found = False
+    last = segments[-1]
+    for segment in segments:
+        seg_limit = limit if segment is last else segment.size
+        run, used, found, complete = segment.read_stored(offset, seg_limit, bytes_left, found)
+        if run is not None:
+            runs.append(run)
+        bytes_left -= used
+        if not complete or (found and bytes_left <= 0):
+            break
+    if runs and not found:
+        # All that came back is a straddling compacted batch at the end of the
+        # data; only decoding it tells whether a record at or after *offset* is
+        # left. Without one the read must be empty, so that a long poll waits.
+        segment = next(s for s in segments if s.base_offset == runs[0].segment)
+        seg_limit = limit if segment is last else segment.size
+        if not segment.read(offset, seg_limit, UNLIMITED, UNLIMITED)[0]:
+            return []
+    return runs

@@ -11,16 +11,20 @@ it is::
 ``request_id`` is a non-negative integer chosen by the client; responses carry
 the id of the request they answer, so several requests can be in flight on
 one connection and be answered out of order. The first request on a
-connection must be ``hello`` with ``{"version": PROTOCOL_VERSION, "token":
-str | None}``; the broker answers ``{"version": PROTOCOL_VERSION}``, or an
-error frame (``ProtocolError`` or ``AuthenticationFailed``) and closes.
+connection must be ``hello`` with ``{"version": 1, "versions": [1, 2],
+"token": str | None}``; the broker answers with the highest version both
+speak, ``{"version": 2}`` (a version-1 broker ignores ``versions`` and answers
+``{"version": 1}``), or an error frame (``ProtocolError`` or
+``AuthenticationFailed``) and closes.
 
 Bodies are decoded with ``strict_map_key=True`` and size limits. Record data
 (keys, values, headers) is user data whose maps may have any key type, so it
 travels as a nested msgpack blob (``bin``) inside the body:
 
     append args["columns"]   packb([keys, values, timestamps, headers])
-    fetch result batches     packb([offsets, timestamps, keys, values, headers])
+    fetch result (v1)        packb([offsets, timestamps, keys, values, headers]) per batch
+    fetch result (v2)        [segment, position, bin] per run: whole batches exactly as
+                             stored (``batch.py``), which the client checks and decodes
 
 Errors cross the wire by class name: ``error_name`` is the name of a
 ``streamflow.errors`` class (or ``ValueError``/``TypeError``), ``message`` its
@@ -41,6 +45,8 @@ import trio
 
 from .. import errors
 from ..errors import FrameTooLarge, NotSerializable, ProtocolError, StreamflowError
+from .batch import decode_run
+from .naming import TOPICS_DIR, log_path
 from .record import RecordBatch
 from .transport import (
     Assignment,
@@ -53,9 +59,14 @@ from .transport import (
 )
 
 if TYPE_CHECKING:
+    from .segment import StoredRun
     from .transport import TopicPartition
 
-PROTOCOL_VERSION: Final = 1
+#: The newest protocol version; the broker also speaks every one in ``VERSIONS``.
+PROTOCOL_VERSION: Final = 2
+VERSIONS: Final = (1, 2)
+#: The first version whose fetch carries stored batches as they are on disk.
+STORED_FETCH_VERSION: Final = 2
 MAX_FRAME_BYTES: Final = 64 << 20
 HEADER: Final = struct.Struct(">I")
 #: Largest array or map one body (or record blob) may declare.
@@ -311,6 +322,69 @@ def decode_batch(blob: object) -> RecordBatch:
     if not (isinstance(parts, list) and len(parts) == 5):
         raise ProtocolError("a fetched batch is [offsets, timestamps, keys, values, headers]")
     return RecordBatch(parts[0], parts[1], parts[2], parts[3], parts[4])
+
+
+def negotiate_version(args: dict[str, Any]) -> int:
+    """Return the highest version a ``hello`` request's *args* and this side both speak.
+
+    ``version`` is one version the peer speaks and ``versions`` (optional, since
+    version 2) lists all of them.
+
+    Raises:
+        ProtocolError: if no version is shared (the message names ours).
+
+    >>> negotiate_version({"version": 1, "versions": [1, 2, 3]})
+    2
+    """
+    offered = [args.get("version")]
+    extra = args.get("versions")
+    if isinstance(extra, list):
+        offered.extend(extra)
+    shared = [
+        v for v in offered if isinstance(v, int) and not isinstance(v, bool) and v in VERSIONS
+    ]
+    if not shared:
+        raise ProtocolError(
+            f"protocol version {args.get('version')!r} is not supported; this broker speaks "
+            f"versions {list(VERSIONS)}: upgrade the client or the broker"
+        )
+    return max(shared)
+
+
+def encode_stored(runs: list[StoredRun]) -> list[list[Any]]:
+    """Encode stored runs as ``[[segment, position, bytes], ...]`` for a version-2 fetch."""
+    return [[run.segment, run.position, run.data] for run in runs]
+
+
+def decode_stored(topic: str, partition: int, offset: int, rows: object) -> list[RecordBatch]:
+    """Check and decode the stored runs a version-2 fetch of *offset* returned.
+
+    Records before *offset* are dropped (see ``batch.decode_run``).
+
+    Raises:
+        CorruptBatch: a batch fails its checks; it names the broker's segment
+            file (relative to its log directory), the byte position, the topic,
+            partition and the offset the read had reached.
+        ProtocolError: the rows are not stored runs.
+    """
+    if not isinstance(rows, list):
+        raise ProtocolError("a fetched partition must be a list of stored runs")
+    out: list[RecordBatch] = []
+    floor = 0
+    directory = Path(TOPICS_DIR, topic, str(partition))
+    for row in rows:
+        if not (
+            isinstance(row, list)
+            and len(row) == 3
+            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in row[:2])
+            and isinstance(row[2], bytes)
+        ):
+            raise ProtocolError("a stored run is [segment: int, position: int, data: bin]")
+        segment, position, data = row
+        path = log_path(directory, segment)
+        label = f"topic {topic!r} partition {partition}"
+        floor = decode_run(data, path, position, offset, floor, label, out)
+    return out
 
 
 def encode_positions(positions: dict[TopicPartition, Any]) -> list[list[Any]]:
