@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgpack
 
+from .cache import key_id
 from .window_spec import WindowResult, WindowSpec, hopping, session, sliding, tumbling
 
 if TYPE_CHECKING:
@@ -57,24 +58,9 @@ __all__ = [
 
 _WATERMARK_KEY: Final = ("m", "watermark")
 _NO_WATERMARK: Final = -(1 << 62)
-
-
 _pack: Final = msgpack.Packer(use_bin_type=True).pack
 _MISSING: Final = object()
 _NEVER: Final = 1 << 62
-
-
-def _key_id(key: Any) -> Any:
-    """Return a hashable stand-in for *key*: itself for a str or int, else its msgpack bytes.
-
-    Equal ids mean equal stored keys (the store keys by msgpack bytes), and a
-    list key, which cannot be hashed, still gets one.
-
-    >>> _key_id("u1"), _key_id(["u", 1]) == msgpack.packb(["u", 1])
-    ('u1', True)
-    """
-    kind = type(key)
-    return key if kind is str or kind is int else _pack(key)
 
 
 class WindowedAggregate:
@@ -152,7 +138,7 @@ class WindowedAggregate:
             tag = skey[0]
             if tag == "w":
                 key, start = skey[1], skey[2]
-                kid = _key_id(key)
+                kid = key_id(key)
                 self._accs.setdefault(start, {})[kid] = value
                 self._stored.setdefault(start, set()).add(kid)
                 self._index_aligned(start + self.window.size_ms, key)
