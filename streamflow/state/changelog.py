@@ -2,9 +2,21 @@
 
 Each state store has a compacted topic ``<pipeline>.<store>.changelog``; a
 task writes its partition of it (the task's input partition) and is its only
-writer. A record's key is the state key and its value the new state value;
-``None`` is a tombstone. Compaction keeps the newest record per key, so the
-topic stays about as large as the state.
+writer. Compaction keeps the newest record per key, so the topic stays about
+as large as the state.
+
+Record format (version 2, named by the checkpoint's ``"v"``): a record carries
+the exact bytes the store keeps in LMDB, so a checkpoint encodes each change
+once and a restore writes what it fetched without decoding it::
+
+    key    msgpack bin   packb(state_key, use_bin_type=True), the LMDB key
+    value  msgpack bin   packb(state_value, use_bin_type=True), the LMDB value
+           or nil        a tombstone: the key was deleted
+
+So a reader of the topic unpacks the record (the log does that) and then
+unpacks the key and value bytes once more. Version 1 (streamflow before this
+format) stored the state key and value themselves; those records are refused
+(``legacy_format_error``), never misread.
 
 With ``exactly_once``, every append carries a ``ProducerIdentity`` derived
 from the topic name and sequence numbers equal to the offsets the records are
@@ -99,8 +111,12 @@ class ChangelogWriter:
             _, self._end_offset = await self.transport.offsets(self.topic, self.partition)
         return self._end_offset
 
-    async def append(self, keys: list[object], values: list[object]) -> int:
+    async def append(self, keys: list[bytes], values: list[bytes | None]) -> int:
         """Append one batch of changes; return the changelog end offset after it.
+
+        Args:
+            keys: The encoded keys (the LMDB keys).
+            values: The encoded values (the LMDB values); ``None`` is a tombstone.
 
         If this raises, the outcome is unknown: the next call asks the log for
         its end offset again rather than trusting the tracked one.
@@ -109,7 +125,7 @@ class ChangelogWriter:
             return await self.end_offset()
         expected = await self.end_offset()
         self._end_offset = None
-        columns = Columns(keys=list(keys), values=list(values))
+        columns = Columns(keys=keys, values=values)
         if self.producer is None:
             first = await self.transport.append(self.topic, self.partition, columns)
         else:
@@ -119,6 +135,21 @@ class ChangelogWriter:
         if first >= expected:
             self._end_offset = first + len(keys)
         return await self.end_offset()
+
+
+def legacy_format_error(topic: str, partition: int) -> StateStoreError:
+    """Return the error for a changelog record that is not in the current format.
+
+    >>> "Delete the job's state directory" in str(legacy_format_error("p.s.changelog", 0))
+    True
+    """
+    return StateStoreError(
+        f"changelog {topic}[{partition}] holds records whose key or value is not msgpack "
+        "bytes: it was written by an older streamflow (changelog format 1), which this "
+        "version cannot read. Delete the job's state directory and the changelog topic, "
+        "and reset the group's committed offsets (or use a new group), then run the job "
+        "again to rebuild the state from its input"
+    )
 
 
 async def read_changelog(

@@ -12,11 +12,15 @@ runtime keeps with it. The same record is stored twice:
 
 The map::
 
-    {"v": 1, "id": int, "inputs": [[topic, partition, offset], ...],
+    {"v": 2, "id": int, "inputs": [[topic, partition, offset], ...],
      "changelog": {store: end_offset, ...}, "sequences": {name: int, ...}}
 
 ``id`` grows by one per checkpoint of a task; when LMDB and the group
-disagree, the higher id is the newer checkpoint.
+disagree, the higher id is the newer checkpoint. ``v`` is also the format of
+the changelog records the checkpoint covers: 2 when they carry the bytes LMDB
+stores (``changelog`` module docstring), 1 when they carried decoded values
+(older streamflow). A version 1 checkpoint is read, so that ``TaskState.open``
+can refuse it with a clear error instead of misreading its changelog.
 """
 
 from __future__ import annotations
@@ -34,17 +38,25 @@ if TYPE_CHECKING:
 
     from streamflow.log import TopicPartition
 
-FORMAT_VERSION: Final = 1
+#: The checkpoint map's ``"v"``, and the changelog record format it covers.
+FORMAT_VERSION: Final = 2
+#: Versions ``from_metadata`` reads (1: changelog records hold decoded values).
+_READ_VERSIONS: Final = (1, FORMAT_VERSION)
 
 
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
-    """One consistent point of a task: input offsets, changelog ends, sequences."""
+    """One consistent point of a task: input offsets, changelog ends, sequences.
+
+    ``version`` is the format of the changelog records it covers (see the
+    module docstring); only ``FORMAT_VERSION`` can be restored or resumed.
+    """
 
     id: int
     input_offsets: dict[TopicPartition, int] = field(default_factory=dict)
     changelog_offsets: dict[str, int] = field(default_factory=dict)
     sequences: dict[str, int] = field(default_factory=dict)
+    version: int = FORMAT_VERSION
 
     def to_metadata(self) -> dict[str, Any]:
         """Return the map stored with committed offsets (and in LMDB).
@@ -54,7 +66,7 @@ class Checkpoint:
         True
         """
         return {
-            "v": FORMAT_VERSION,
+            "v": self.version,
             "id": self.id,
             "inputs": [[t, p, o] for (t, p), o in sorted(self.input_offsets.items())],
             "changelog": dict(sorted(self.changelog_offsets.items())),
@@ -68,7 +80,7 @@ class Checkpoint:
         >>> Checkpoint.from_metadata(None) is None
         True
         """
-        if not isinstance(metadata, dict) or metadata.get("v") != FORMAT_VERSION:
+        if not isinstance(metadata, dict) or metadata.get("v") not in _READ_VERSIONS:
             return None
         try:
             return cls(
@@ -76,6 +88,7 @@ class Checkpoint:
                 input_offsets={(str(t), int(p)): int(o) for t, p, o in metadata["inputs"]},
                 changelog_offsets={str(s): int(o) for s, o in metadata["changelog"].items()},
                 sequences={str(s): int(n) for s, n in metadata["sequences"].items()},
+                version=int(metadata["v"]),
             )
         except (KeyError, TypeError, ValueError, AttributeError):
             return None

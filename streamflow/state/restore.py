@@ -10,6 +10,10 @@ resumes (``TaskState.open`` runs them; docs/guarantees.md explains why):
   that crashed before its checkpoint committed. For every key they touch,
   append the key's checkpointed value (or a tombstone), so that the newest
   record per key, which is all compaction keeps, matches the checkpoint again.
+
+Both work on bytes: a changelog record's key and value are the bytes LMDB
+stores (``changelog`` module docstring), so nothing here decodes or encodes a
+state value.
 """
 
 from __future__ import annotations
@@ -17,13 +21,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
-import msgpack
 import trio
 
-from .changelog import read_changelog
-from .view import decode
+from .changelog import legacy_format_error, read_changelog
 
 if TYPE_CHECKING:
     from streamflow.log import RecordBatch, Transport
@@ -82,14 +84,12 @@ async def rebuild_store(
     start, _ = await transport.offsets(topic, partition)
     total = max(0, covered - start)
     began = trio.current_time()
-    pending: dict[bytes, Any] = {}
+    # Encoded key -> encoded value (None deletes): a chunk's changes, newest last.
+    pending: dict[bytes, bytes | None] = {}
     applied = 0
     cleared = False
     last_report = began
     position = start
-
-    # One packer for the whole rebuild: msgpack.packb would build one per call.
-    pack = msgpack.Packer(use_bin_type=True).pack
 
     async def flush() -> None:
         nonlocal cleared, pending
@@ -97,9 +97,16 @@ async def rebuild_store(
         first = not cleared
 
         def write() -> None:
-            # Only each key's newest value is encoded: older ones were replaced.
-            changes = [(kb, None if v is None else pack(v)) for kb, v in latest.items()]
-            store.write({name: changes}, clear=(name,) if first else (), forget_checkpoint=first)
+            try:
+                store.write(
+                    {name: latest.items()},
+                    clear=(name,) if first else (),
+                    forget_checkpoint=first,
+                )
+            except TypeError as exc:
+                # LMDB takes only bytes: a key or value that is not bytes is a
+                # record of the old format (decoded values); the transaction is void.
+                raise legacy_format_error(topic, partition) from exc
 
         await trio.to_thread.run_sync(write, limiter=store.write_limiter)
         cleared = True
@@ -122,8 +129,12 @@ async def rebuild_store(
 
     async def apply(batch: RecordBatch) -> None:
         nonlocal applied, last_report, position
-        # Keyed by encoded key, newest value last: the changes of a chunk, deduplicated.
-        pending.update(zip(map(pack, batch.keys), batch.values, strict=True))
+        try:
+            # The fetched bytes as they are: LMDB gets the bytes the checkpoint wrote.
+            pending.update(zip(batch.keys, batch.values, strict=True))
+        except TypeError:
+            # An unhashable key (a list): a record of the old format.
+            raise legacy_format_error(topic, partition) from None
         applied += len(batch)
         position = batch.next_offset
         if len(pending) >= chunk_records:
@@ -160,20 +171,22 @@ async def compensate_tail(
     end = await writer.end_offset()
     if end <= covered:
         return end
-    touched: dict[bytes, object] = {}
+    touched: dict[bytes, None] = {}
 
     async def collect(batch: RecordBatch) -> None:
         for key in batch.keys:
-            touched.setdefault(msgpack.packb(key, use_bin_type=True), key)
+            if type(key) is not bytes:
+                raise legacy_format_error(writer.topic, writer.partition)
+            touched[key] = None
 
     await read_changelog(transport, writer.topic, writer.partition, covered, end, collect)
     if not touched:
         return end
-    encoded = await trio.to_thread.run_sync(
-        lambda: [store.get(name, kb) for kb in touched], limiter=store.write_limiter
+    keys = list(touched)
+    values = await trio.to_thread.run_sync(
+        lambda: [store.get(name, kb) for kb in keys], limiter=store.write_limiter
     )
-    values = [None if vb is None else decode(vb) for vb in encoded]
-    new_end = await writer.append(list(touched.values()), values)
+    new_end = await writer.append(keys, values)
     logger.warning(
         "%s[%d]: %d changelog record(s) after offset %d were not covered by a checkpoint; "
         "re-appended the checkpointed value of %d key(s)",

@@ -5,7 +5,9 @@ holding LMDB's ``data.mdb`` and ``lock.mdb``. Inside it, each state store is a
 named database ``store:<name>`` and one more database, ``_meta``, holds the
 checkpoint under the key ``checkpoint``. Keys and values are msgpack bytes
 (``packb(obj, use_bin_type=True)``); the store itself only moves bytes, so
-LMDB orders keys by their encoded bytes and a scan is deterministic.
+LMDB orders keys by their encoded bytes and a scan is deterministic. The
+changelog carries these same bytes (``changelog`` module docstring), so a
+restore writes what it fetches without decoding it.
 
 Every write (state changes plus the checkpoint record) is one LMDB write
 transaction run whole inside one call: LMDB ties a write transaction to its

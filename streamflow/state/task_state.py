@@ -16,13 +16,14 @@ result is written back as a checkpoint with a new ``id``. The runtime then
 seeks its inputs to ``input_offsets`` and should commit ``last_checkpoint``
 to the group before processing (so the group's copy covers the compensation).
 
-A checkpoint (``checkpoint``) appends each store's dirty entries to its
-changelog (one batch per store), then writes the entries, the input offsets
-and the changelog end offsets in one LMDB transaction. The runtime commits the
-returned ``Checkpoint.committed()`` to the group afterwards. Its two halves
-are also available on their own (``prepare_checkpoint``, then
-``write_checkpoint``), for a runtime that must commit the changelog appends
-and the group offsets in a Kafka transaction before LMDB may say they happened.
+A checkpoint (``checkpoint``) encodes each store's dirty entries once,
+appends those bytes to its changelog (one batch per store), then writes the
+same bytes, the input offsets and the changelog end offsets in one LMDB
+transaction. The runtime commits the returned ``Checkpoint.committed()`` to
+the group afterwards. Its two halves are also available on their own
+(``prepare_checkpoint``, then ``write_checkpoint``), for a runtime that must
+commit the changelog appends and the group offsets in a Kafka transaction
+before LMDB may say they happened.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from streamflow.errors import StateStoreError
 from streamflow.failpoint import failpoint
 
 from .changelog import ChangelogWriter, changelog_topic, ensure_changelog
-from .checkpoint import Checkpoint, newest_committed
+from .checkpoint import FORMAT_VERSION, Checkpoint, newest_committed
 from .restore import compensate_tail, rebuild_store
 from .store import DEFAULT_MAP_SIZE, StateStore, validate_store_name
 from .view import CachedView, Changes
@@ -141,7 +142,9 @@ class TaskState:
         Raises:
             StateStoreError: if the state cannot be made consistent (for
                 example LMDB is gone and the group committed offsets without
-                checkpoint metadata, or the map is full).
+                checkpoint metadata, or the map is full), or if the
+                checkpoint or the changelog is in the record format of an
+                older streamflow (the message says what to delete).
         """
         for name in stores:
             validate_store_name(name)
@@ -162,6 +165,8 @@ class TaskState:
                     transport, topic, partition, exactly_once=exactly_once
                 )
             base, source = _choose(path, local, committed)
+            if base.version != FORMAT_VERSION:
+                _refuse_old_format(path, base, writers)
             if source == "empty" and committed is None:
                 await _refuse_unknown_history(writers, path)
             if source != "lmdb":
@@ -280,7 +285,7 @@ class TaskState:
             ends = dict(self.last_checkpoint.changelog_offsets)
             for changes in taken:
                 writer = self._writers[changes.store]
-                ends[changes.store] = await writer.append(changes.keys, changes.values)
+                ends[changes.store] = await writer.append(*changes.columns())
             failpoint("state.after_changelog")
         except BaseException:
             for changes in taken:
@@ -360,6 +365,20 @@ async def _refuse_unknown_history(writers: Mapping[str, ChangelogWriter], path: 
                 "records: pass the group's committed offsets (committed=...) so the state "
                 "can be rebuilt from the changelog"
             )
+
+
+def _refuse_old_format(
+    path: Path, checkpoint: Checkpoint, writers: Mapping[str, ChangelogWriter]
+) -> None:
+    topics = ", ".join(writer.topic for writer in writers.values())
+    raise StateStoreError(
+        f"{path}: checkpoint {checkpoint.id} has format version {checkpoint.version}: its "
+        f"changelog records ({topics}) hold decoded values, written by an older streamflow, "
+        f"and this version reads only version {FORMAT_VERSION} (the bytes LMDB stores; see "
+        "docs/state.md). Delete the job's state directory and its changelog topics, and "
+        "reset the group's committed offsets (or use a new group), then run the job again "
+        "to rebuild the state from its input"
+    )
 
 
 def _choose(

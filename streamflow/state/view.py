@@ -2,13 +2,14 @@
 
 ``CachedView`` implements the operators' ``StateView``: reads hit the cache,
 then LMDB; writes land in the cache and mark the key dirty. A checkpoint takes
-the dirty entries (``take_changes``), appends them to the changelog, commits
-them to LMDB, and then lets the view drop clean entries (``evict``). Nothing
-reaches LMDB between checkpoints, so the hot path is a dict operation and a
-msgpack encoding of the key. Operators that touch a value per record keep
-their values themselves and hand the changed ones over once per checkpoint
-(``before_take``); a view made over an empty store never reads LMDB for a key
-it has not cached, until it evicts something.
+the dirty entries (``take_changes``, which encodes each value once), appends
+those bytes to the changelog, commits the same bytes to LMDB, and then lets the
+view drop clean entries (``evict``). Nothing reaches LMDB between checkpoints,
+so the hot path is a dict operation and a msgpack encoding of the key.
+Operators that touch a value per record keep their values themselves and hand
+the changed ones over once per checkpoint (``before_take``); a view made over
+an empty store never reads LMDB for a key it has not cached, until it evicts
+something.
 """
 
 from __future__ import annotations
@@ -56,9 +57,9 @@ def decode(data: bytes) -> Any:
 class Changes:
     """The dirty entries of one store, taken for a checkpoint.
 
-    ``keys[i]``/``values[i]`` are the objects (``None`` deletes) that go to the
-    changelog; ``encoded[i]`` is the ``(key bytes, value bytes or None)`` pair
-    that goes to LMDB.
+    ``encoded[i]`` is the ``(key bytes, value bytes or None)`` pair that goes,
+    as it is, to the changelog and to LMDB (``None`` deletes);
+    ``keys[i]``/``values[i]`` are the same change as objects, for inspection.
     """
 
     store: str
@@ -68,6 +69,14 @@ class Changes:
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    def columns(self) -> tuple[list[bytes], list[bytes | None]]:
+        """Return the encoded keys and values as two lists (a changelog append).
+
+        >>> Changes("s", ["k", "n"], [None, 1], [(b"K", None), (b"N", b"V")]).columns()
+        ([b'K', b'N'], [None, b'V'])
+        """
+        return [kb for kb, _ in self.encoded], [vb for _, vb in self.encoded]
 
 
 class CachedView:

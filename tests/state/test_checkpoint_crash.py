@@ -77,7 +77,9 @@ async def changelog_latest(root: Path) -> dict[Any, Any]:
         while start < end:
             found = await transport.fetch({(topic, 0): start}, timeout=0)
             for batch in found[(topic, 0)]:
-                latest.update(zip(batch.keys, batch.values, strict=True))
+                for key, value in zip(batch.keys, batch.values, strict=True):
+                    # records carry the LMDB bytes: the value is unpacked once more
+                    latest[key] = None if value is None else msgpack.unpackb(value)
                 start = batch.next_offset
         return latest
 
