@@ -124,6 +124,7 @@ async def run_async(
     metrics: JobMetrics | None = None,
     metrics_port: int | None = None,
     progress: bool = False,
+    handoff: bool = True,
     stop: trio.Event | None = None,
     task_status: trio.TaskStatus[Layout] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -141,6 +142,10 @@ async def run_async(
     *metrics_port* serves it to Prometheus on ``127.0.0.1:PORT/metrics`` (0:
     any free port, logged), and *progress* shows progress bars on a terminal,
     else a log line every 5 s (see ``streamflow.runtime.metrics``).
+
+    *handoff* False makes every stage read its repartition input back from
+    the log, even when the batch was written by this process (see
+    ``streamflow.runtime.handoff``; the results are the same either way).
     """
     if processing not in PROCESSING:
         raise InvalidConfig("processing", processing, "'at_least_once' or 'exactly_once'")
@@ -165,6 +170,7 @@ async def run_async(
             use_groups=is_url(target),
             session_timeout_ms=session_timeout_ms,
             metrics=metrics,
+            handoff=handoff,
         )
         if job.metrics is None and (metrics_port is not None or progress):
             job.metrics = JobMetrics(pipeline.name)
@@ -191,6 +197,13 @@ async def run_async(
                 outer.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             raise _single(group) from None
+        finally:
+            if job.handoffs is not None:
+                logger.info(
+                    "pipeline %s: %d repartition record(s) handed over in process",
+                    pipeline.name,
+                    job.handoffs.records_taken,
+                )
 
 
 async def _cancel_on(event: trio.Event, scope: trio.CancelScope) -> None:
@@ -238,7 +251,7 @@ def run(
             open windows and a final checkpoint.
         processing: ``"at_least_once"`` or ``"exactly_once"``.
         **options: ``state_dir``, ``commit_interval_ms``, ``session_timeout_ms``,
-            ``metrics``, ``metrics_port``, ``progress`` (see ``run_async``).
+            ``metrics``, ``metrics_port``, ``progress``, ``handoff`` (see ``run_async``).
 
     Raises:
         OperatorError: a user function raised and ``on_error`` is ``"stop"``.

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from .worker import SHUTDOWN_TIMEOUT, Job, Revoked, TaskRunner, committed_through
+from .completion import committed_through
+from .worker import SHUTDOWN_TIMEOUT, Job, Revoked, TaskRunner
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

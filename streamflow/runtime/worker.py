@@ -30,6 +30,7 @@ import logging
 import time
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
@@ -44,11 +45,14 @@ from streamflow.errors import (
 from streamflow.failpoint import failpoint
 from streamflow.log import Columns, Committed, Message, ProducerIdentity
 
+from .completion import FINISHED, committed_through
+from .handoff import Handoff, hands_off
+from .readahead import ReadAhead
 from .task import TaskEngine
 from .transactions import TaskTransactions, skip_markers, start_offsets, supports_transactions
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterator
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
     from pathlib import Path
 
     from streamflow.log import Headers, RecordBatch, TopicPartition, Transport
@@ -66,8 +70,6 @@ SHUTDOWN_TIMEOUT: Final = 10.0
 SLICE_SECONDS: Final = 0.01
 #: Records in a batch's first slice, which measures what a record costs.
 FIRST_SLICE: Final = 64
-#: Commit metadata key of a stateful task that ran its end-of-input ``finish`` (``until_idle``).
-FINISHED: Final = "finished"
 
 
 @dataclass
@@ -87,6 +89,14 @@ class Job:
     done: dict[str, trio.Event] = field(default_factory=dict)
     records_written: int = 0
     metrics: JobMetrics | None = None
+    #: Pass repartition batches to the next stage in this process (``handoff.py``).
+    handoff: bool = True
+    handoffs: Handoff | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        # Only where this job is provably the topics' sole, non-transactional writer.
+        if self.handoff and not self.use_groups and not self.transactional:
+            self.handoffs = Handoff(self.transport, self.plan.repartition_topics)
 
     @property
     def exactly_once(self) -> bool:
@@ -159,6 +169,9 @@ class TaskRunner:
         self.dirty = False
         self.finished = False
         self.metrics = job.metrics.task(stage.name, partition) if job.metrics else None
+        self.append: Callable[..., Awaitable[int]] = job.transport.append
+        if job.handoffs is not None:
+            self.append = partial(job.handoffs.append, offer=hands_off(job.plan, stage))
 
     # -- setup -----------------------------------------------------------------------------
 
@@ -280,17 +293,19 @@ class TaskRunner:
         idle = False
         # The nursery only holds the read-ahead: a failure leaves it unwrapped.
         async with _lone_errors_unwrapped(), trio.open_nursery() as nursery:
-            ahead: _ReadAhead | None = None
+            ahead: ReadAhead | None = None
             try:
                 while True:
                     if idle and job.until_idle and await self._drained():
                         return
                     worked = await self._run_locals()
                     if self.tps:
-                        fetched = await ahead.take(self.positions) if ahead else {}
+                        fetched = job.handoffs.take(self.positions) if job.handoffs else {}
+                        if not fetched and ahead is not None:
+                            fetched = await ahead.take(self.positions)
                         ahead = None
                         if not fetched:
-                            fetched = await self._fetch(0.0 if worked else self._poll_timeout())
+                            fetched = await self._poll(0.0 if worked else self._poll_timeout())
                         if fetched:
                             worked = True
                             ahead = await self._read_ahead(nursery, fetched)
@@ -307,16 +322,20 @@ class TaskRunner:
 
     async def _read_ahead(
         self, nursery: trio.Nursery, fetched: dict[TopicPartition, list[RecordBatch]]
-    ) -> _ReadAhead:
+    ) -> ReadAhead | None:
         """Start fetching what follows *fetched* while it is processed.
 
         The read, the CRC check and the disk wait run on a worker thread
         without the GIL, so they overlap the operators' work on this batch.
+        None for a reader of this job's hand-off: it would read what is
+        about to be handed over.
         """
+        if self.job.handoffs is not None and self.job.handoffs.covers(self.tps):
+            return None
         positions = dict(self.positions)
         for tp, batches in fetched.items():
             positions[tp] = batches[-1].next_offset
-        ahead = _ReadAhead(positions)
+        ahead = ReadAhead(positions)
         nursery.start_soon(ahead.run, self.job.transport, self.job.fetch_max_bytes)
         await trio.lowlevel.checkpoint()  # let the read start before the batch is processed
         return ahead
@@ -328,6 +347,13 @@ class TaskRunner:
         # until then, poll briefly so a finished upstream is noticed soon.
         upstream_done = all(self.job.done[name].is_set() for name in self.stage.upstream)
         return 0.0 if upstream_done else 0.05
+
+    async def _poll(self, timeout: float) -> dict[TopicPartition, list[RecordBatch]]:
+        """Fetch, waiting up to *timeout* s (for the hand-off: see ``Handoff.poll``)."""
+        handoffs = self.job.handoffs
+        if handoffs is None or not handoffs.covers(self.tps):
+            return await self._fetch(timeout)
+        return await handoffs.poll(self.positions, self._fetch, timeout)
 
     async def _fetch(self, timeout: float) -> dict[TopicPartition, list[RecordBatch]]:
         transport = self.job.transport
@@ -515,15 +541,11 @@ class TaskRunner:
                     raise Revoked(str(exc)) from exc
             elif sequence is not None and input_topic is not None:
                 pid = producer_id(pipeline, self.stage.name, input_topic, self.partition, topic)
-                await job.transport.append(
-                    topic,
-                    partition,
-                    columns,
-                    producer=ProducerIdentity(pid),
-                    sequence=sequence,
+                await self.append(
+                    topic, partition, columns, producer=ProducerIdentity(pid), sequence=sequence
                 )
             else:
-                await job.transport.append(topic, partition, columns)
+                await self.append(topic, partition, columns)
             job.records_written += len(items)
             if len(outputs) > 1:
                 failpoint("runtime.mid_output")
@@ -635,67 +657,3 @@ async def _lone_errors_unwrapped() -> AsyncIterator[None]:
         if len(group.exceptions) == 1:
             raise group.exceptions[0] from None
         raise
-
-
-class _ReadAhead:
-    """One fetch started ahead of time, from the positions the current batch ends at."""
-
-    def __init__(self, positions: dict[TopicPartition, int]) -> None:
-        self.positions = positions
-        self.found: dict[TopicPartition, list[RecordBatch]] = {}
-        self.done = trio.Event()
-
-    async def run(self, transport: Transport, max_bytes: int) -> None:
-        try:
-            self.found = await transport.fetch(self.positions, max_bytes=max_bytes, timeout=0.0)
-        except OffsetOutOfRange:
-            pass  # the task's own fetch meets it again and handles it
-        finally:
-            self.done.set()
-
-    async def take(
-        self, positions: dict[TopicPartition, int]
-    ) -> dict[TopicPartition, list[RecordBatch]]:
-        """Return the batches read, or {} when the task is no longer at those positions."""
-        await self.done.wait()
-        return self.found if positions == self.positions else {}
-
-
-async def committed_through(job: Job, stage: Stage) -> bool:
-    """Return whether *stage* and every stage before it, in every process, are done.
-
-    A stage is done when its group has committed the end offset of every
-    partition of its input topics (a stateful stage: with the ``FINISHED``
-    mark, since it emits its open windows after its input ends). Stages are
-    checked from the sources down: a task commits only after its outputs are
-    appended, so once a stage is done, everything it will ever write to the
-    next repartition topic is there.
-    """
-    for name in stage.upstream:
-        if not await committed_through(job, job.plan.stage(name)):
-            return False
-    tps = [
-        (i.topic, p)
-        for i in stage.inputs
-        if i.topic is not None
-        for p in range(job.layout.topic_partitions[i.topic])
-    ]
-    if not tps:
-        return job.done[stage.name].is_set()
-    group = f"{job.plan.pipeline.name}.{stage.name}"
-    committed = await job.transport.committed(group, tps)
-    for tp in tps:
-        start, end = await job.transport.offsets(*tp)
-        if (committed[tp].offset if tp in committed else start) < end:
-            return False
-        if stage.stores and not _finished(committed.get(tp)):
-            return False
-    return True
-
-
-def _finished(commit: Committed | None) -> bool:
-    return (
-        commit is not None
-        and isinstance(commit.metadata, dict)
-        and bool(commit.metadata.get(FINISHED))
-    )
