@@ -549,39 +549,37 @@ def run_on_broker(directory: Path, job: Path, processes: int, state: Path) -> tu
 TARGETS = {"W1": 0.5, "W2": 5.0, "W3": 1.5}
 
 
-def report(bench: Bench, workloads: list[str]) -> dict[str, float]:
-    """Print streamflow's ratio to each peer and the targets; return the ratios."""
-    by = {r["name"]: r["median_eps"] for r in bench.rows}
-    cpu = {r["name"]: r["median_cpu_s"] for r in bench.rows if "median_cpu_s" in r}
+def _ratio_table(
+    title: str, rates: dict[str, float], workloads: list[str], suffix: str
+) -> dict[str, float]:
+    """Print one table of *rates* with streamflow's ratio to each peer; return the ratios."""
     ratios: dict[str, float] = {}
-    print("\nevents/s (median) and streamflow's ratio to each peer")
+    print(f"\n{title} and streamflow's ratio to each peer")
     peers = ("plain loop", "codec floor", "bytewax", "pathway")
     print(f"{'workload':<10} {'streamflow':>12} " + " ".join(f"{p:>21}" for p in peers))
     for w in workloads:
-        sf = by.get(f"{w} streamflow")
+        sf = rates.get(f"{w} streamflow")
         cells = []
         for peer in peers:
-            other = by.get(f"{w} {peer}")
+            other = rates.get(f"{w} {peer}")
             if other and sf:
-                ratios[f"{w} vs {peer}"] = sf / other
+                ratios[f"{w} vs {peer}{suffix}"] = sf / other
                 cells.append(f"{other:>12,.0f} ({sf / other:.2f}x)")
             else:
                 cells.append(f"{'-':>21}")
         print(f"{w:<10} {sf or 0:>12,.0f} " + " ".join(cells))
+    return ratios
+
+
+def report(bench: Bench, workloads: list[str]) -> dict[str, float]:
+    """Print streamflow's ratio to each peer and the targets; return the ratios."""
+    by = {r["name"]: r["median_eps"] for r in bench.rows}
+    cpu = {r["name"]: r["median_cpu_s"] for r in bench.rows if "median_cpu_s" in r}
+    per_cpu = {name: bench.a.n / seconds for name, seconds in cpu.items() if seconds}
+    ratios: dict[str, float] = {}
+    ratios |= _ratio_table("events/s (median)", by, workloads, "")
     # CPU seconds are what the job itself used, whatever else shares the machine.
-    print("\nevents per CPU-second (median CPU) and streamflow's ratio to each peer")
-    print(f"{'workload':<10} {'streamflow':>12} " + " ".join(f"{p:>21}" for p in peers))
-    for w in workloads:
-        own = cpu.get(f"{w} streamflow")
-        cells = []
-        for peer in peers:
-            other = cpu.get(f"{w} {peer}")
-            if other and own:
-                ratios[f"{w} vs {peer} (CPU)"] = other / own
-                cells.append(f"{bench.a.n / other:>12,.0f} ({other / own:.2f}x)")
-            else:
-                cells.append(f"{'-':>21}")
-        print(f"{w:<10} {bench.a.n / own if own else 0:>12,.0f} " + " ".join(cells))
+    ratios |= _ratio_table("events per CPU-second (median CPU)", per_cpu, workloads, " (CPU)")
     if "W1 streamflow" in by and "W1-2stage streamflow" in by:
         ratios["W1 2 stages vs 1 stage"] = by["W1-2stage streamflow"] / by["W1 streamflow"]
     if bench.eo_overhead:
