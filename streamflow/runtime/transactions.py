@@ -4,7 +4,9 @@ On the built-in log, exactly-once rests on sequence numbers that the log
 keeps with the data, so a replay after a crash is dropped (``worker``). A
 Kafka cluster forgets a producer's sequences when the producer goes away, so
 there a task writes in Kafka transactions instead (the log layer's
-``Transactional`` capability), with one transactional writer per run:
+``Transactional`` capability), with one transactional writer per run. Under
+at-least-once, the tasks of a stage that feeds a repartition topic do too
+(``Job.transactional``), so that the next stage never folds a record twice:
 
 1. ``open`` fences the task's previous run (a crashed or stalled run of the
    same stage and partition, in any process), which aborts what it left

@@ -95,7 +95,7 @@ class Job:
 
     def __post_init__(self) -> None:
         # Only where this job is provably the topics' sole, non-transactional writer.
-        if self.handoff and not self.use_groups and not self.transactional:
+        if self.handoff and not self.use_groups and not supports_transactions(self.transport):
             self.handoffs = Handoff(self.transport, self.plan.repartition_topics)
 
     @property
@@ -103,10 +103,18 @@ class Job:
         """Return True when outputs are appended idempotently."""
         return self.processing == "exactly_once"
 
-    @property
-    def transactional(self) -> bool:
-        """Return True when exactly-once rests on the target's transactions (Kafka)."""
-        return self.exactly_once and supports_transactions(self.transport)
+    def transactional(self, stage: Stage) -> bool:
+        """Return True when *stage*'s tasks write in the target's transactions (Kafka).
+
+        Under exactly-once every stage does. Under at-least-once a stage that
+        feeds a repartition topic does too: a restarted task appends again what
+        its killed run appended after its last commit, and a transport that
+        forgets sequence numbers with the process cannot drop the copies, so the
+        next stage's state would count those records twice.
+        """
+        if not supports_transactions(self.transport):
+            return False
+        return self.exactly_once or bool(stage.repartition_outputs)
 
 
 class Revoked(Exception):
@@ -226,7 +234,7 @@ class TaskRunner:
         job, engine = self.job, self.engine
         self.txn: TaskTransactions | None = None
         async with AsyncExitStack() as stack:
-            if job.transactional and self.tps:
+            if job.transactional(self.stage) and self.tps:
                 # Fence the task's previous run before trusting the group's offsets, so
                 # that nothing it left open can still commit behind them.
                 try:

@@ -1,6 +1,6 @@
-"""A keyed tumbling-window job in exactly-once mode, run (and killed) by test_crash.py.
+"""A keyed tumbling-window job (exactly-once unless told), run (and killed) by test_crash.py.
 
-Usage: python -m tests.kafka.crash_child TARGET PREFIX STATE_DIR
+Usage: python -m tests.kafka.crash_child TARGET PREFIX STATE_DIR [PROCESSING]
 
 TARGET is a ``kafka://`` URL or a log directory (the crash-free reference).
 Fetches are capped at ``FETCH_RECORDS`` records, so the job goes through many
@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import sys
 import time
-from typing import Any
+from typing import Any, Literal
 
 import streamflow
 from streamflow import Pipeline, windows
@@ -75,6 +75,9 @@ def pipeline(prefix: str) -> Pipeline:
 
 if __name__ == "__main__":
     target, prefix, state_dir = sys.argv[1:4]
+    processing: Literal["at_least_once", "exactly_once"] = (
+        "at_least_once" if sys.argv[4:] == ["at_least_once"] else "exactly_once"
+    )
     if target.startswith("kafka://"):
         from streamflow.log import kafka_fetch
 
@@ -83,7 +86,7 @@ if __name__ == "__main__":
         pipeline(prefix),
         target,
         until_idle=True,
-        processing="exactly_once",
+        processing=processing,
         commit_interval_ms=100,
         state_dir=state_dir,
         session_timeout_ms=6000,
