@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from .job import Job, producer_id
 from .run import run, run_async, run_job_file
 from .stage import run_stage
 from .task import Outbox, TaskEngine
-from .worker import Job, TaskRunner, producer_id
+from .worker import TaskRunner
 
 __all__ = [
     "Job",

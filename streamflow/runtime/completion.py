@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from streamflow.log import Committed
     from streamflow.pipeline import Stage
 
-    from .worker import Job
+    from .job import Job
 
 #: Commit metadata key of a stateful task that ran its end-of-input ``finish`` (``until_idle``).
 FINISHED: Final = "finished"

@@ -26,9 +26,9 @@ from streamflow.errors import (
 )
 from streamflow.pipeline import load_job, plan, resolve
 
+from .job import Job
 from .metrics import JobMetrics, run_metrics_server, run_progress
 from .stage import run_stage
-from .worker import Job
 
 if TYPE_CHECKING:
     import os

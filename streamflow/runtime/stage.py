@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Final
 import trio
 
 from .completion import committed_through
-from .worker import SHUTDOWN_TIMEOUT, Job, Revoked, TaskRunner
+from .job import Job, Revoked
+from .worker import SHUTDOWN_TIMEOUT, TaskRunner
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     )
     from streamflow.pipeline import Stage
 
-    from .worker import Job
+    from .job import Job
 
 #: Key of the group commit metadata that names the run's writer (``k``).
 TXN_KEY: Final = "txn"

@@ -15,21 +15,17 @@ input batch is processed and appended on its own, so a replay after a crash
 repeats the same sequence numbers and the log drops the duplicates. A stage
 that feeds a repartition topic does the same under ``at_least_once`` too, so
 that the next stage's state never folds a record twice. On a target with
-transactions (Kafka), exactly-once uses those instead: ``transactions.py``.
-
-How a stage's tasks are started, alone or in a consumer group, is
-``stage.py``.
+transactions (Kafka), both use those instead (``Job.transactional``,
+``transactions.py``). How a stage's tasks start is ``stage.py``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import logging
 import time
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
@@ -46,20 +42,20 @@ from streamflow.failpoint import failpoint
 from streamflow.log import Columns, Committed, Message, ProducerIdentity
 
 from .completion import FINISHED, committed_through
-from .handoff import Handoff, hands_off
+from .handoff import hands_off
+from .job import Job, Revoked, producer_id
 from .readahead import ReadAhead
 from .task import TaskEngine
-from .transactions import TaskTransactions, skip_markers, start_offsets, supports_transactions
+from .transactions import TaskTransactions, skip_markers, start_offsets
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
     from pathlib import Path
 
-    from streamflow.log import Headers, RecordBatch, TopicPartition, Transport
+    from streamflow.log import Headers, RecordBatch, TopicPartition
     from streamflow.operators import Item
-    from streamflow.pipeline import Layout, Plan, Stage
+    from streamflow.pipeline import Stage
 
-    from .metrics import JobMetrics
 
 logger = logging.getLogger("streamflow.runtime")
 
@@ -70,65 +66,6 @@ SHUTDOWN_TIMEOUT: Final = 10.0
 SLICE_SECONDS: Final = 0.01
 #: Records in a batch's first slice, which measures what a record costs.
 FIRST_SLICE: Final = 64
-
-
-@dataclass
-class Job:
-    """What every stage of one run shares (one per ``run`` call)."""
-
-    transport: Transport
-    plan: Plan
-    layout: Layout
-    processing: str
-    until_idle: bool
-    state_dir: Path
-    commit_interval_ms: int = 1000
-    use_groups: bool = False
-    session_timeout_ms: int = 10_000
-    fetch_max_bytes: int = 4 << 20
-    done: dict[str, trio.Event] = field(default_factory=dict)
-    records_written: int = 0
-    metrics: JobMetrics | None = None
-    #: Pass repartition batches to the next stage in this process (``handoff.py``).
-    handoff: bool = True
-    handoffs: Handoff | None = field(default=None, init=False)
-
-    def __post_init__(self) -> None:
-        # Only where this job is provably the topics' sole, non-transactional writer.
-        if self.handoff and not self.use_groups and not supports_transactions(self.transport):
-            self.handoffs = Handoff(self.transport, self.plan.repartition_topics)
-
-    @property
-    def exactly_once(self) -> bool:
-        """Return True when outputs are appended idempotently."""
-        return self.processing == "exactly_once"
-
-    def transactional(self, stage: Stage) -> bool:
-        """Return True when *stage*'s tasks write in the target's transactions (Kafka).
-
-        Under exactly-once every stage does. Under at-least-once a stage that
-        feeds a repartition topic does too: a restarted task appends again what
-        its killed run appended after its last commit, and a transport that
-        forgets sequence numbers with the process cannot drop the copies, so the
-        next stage's state would count those records twice.
-        """
-        if not supports_transactions(self.transport):
-            return False
-        return self.exactly_once or bool(stage.repartition_outputs)
-
-
-class Revoked(Exception):
-    """The stage's group moved on; its tasks stop and the stage rejoins."""
-
-
-def producer_id(*parts: str | int) -> int:
-    """Return a stable 63-bit id for the writer named by *parts*.
-
-    >>> producer_id("p", "s0", "in", 0, "out") == producer_id("p", "s0", "in", 0, "out")
-    True
-    """
-    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") & ((1 << 63) - 1)
 
 
 def _local_rows(node_source: Any, lines: list[str] | None) -> Iterator[tuple[Any, Any, int]]:

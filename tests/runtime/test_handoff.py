@@ -16,7 +16,7 @@ from streamflow.log.client import connect
 from streamflow.pipeline import plan, resolve
 from streamflow.runtime import run_async
 from streamflow.runtime.handoff import MAX_ENTRIES, Handoff, hands_off
-from streamflow.runtime.worker import Job
+from streamflow.runtime.job import Job
 
 from .helpers import produce, read
 
