@@ -18,7 +18,8 @@ emitted once, its state is deleted, and records for it that arrive later are
 late: they go to ``ctx.late`` (counted, routed to ``<pipeline>.late``). A
 record that misses at least one of its windows (hopping: some may still be
 open, and it is added to those) is reported late once. Results of one sweep
-come in ``(end, start, key)`` order, which is the same whatever the batching.
+come in ``(end, start, msgpack bytes of the key)`` order, which is the same
+whatever the batching and after a restore from the store.
 
 State layout in the operator's store (keys are msgpack arrays):
 
@@ -61,6 +62,7 @@ _NO_WATERMARK: Final = -(1 << 62)
 _pack: Final = msgpack.Packer(use_bin_type=True).pack
 _MISSING: Final = object()
 _NEVER: Final = 1 << 62
+_UINT64_MAX: Final = (1 << 64) - 1
 
 
 class WindowedAggregate:
@@ -100,23 +102,25 @@ class WindowedAggregate:
         self._ctx: TaskContext | None = None
         self._view: StateView | None = None
         self.watermark = self._saved_watermark = _NO_WATERMARK
-        # end -> the open windows ending there, closed in end order: {packed key: key}
-        # for tumbling and hopping (start = end - size), {(start, packed key): key}
-        # for sessions and sliding windows
+        # end -> the open windows ending there, closed in end order. Sessions and
+        # sliding windows: {(start, packed key): key}. Tumbling and hopping (start =
+        # end - size, and the windows are the key ids of start in self._changed and
+        # self._written): {key id: key} for the ids that are msgpack bytes (keys
+        # other than str and int).
         self._open: dict[int, dict[Any, Any]] = {}
         self._ends: list[int] = []
         # session: packed key -> sorted [start, end] pairs of its open sessions
         self._sessions: dict[bytes, list[list[int]]] = {}
         # sliding: keys whose windows closed in this sweep (packed key -> key)
         self._to_prune: dict[bytes, Any] = {}
-        # tumbling, hopping, by window start: {key id: accumulator} of every open
-        # window; {key id: key} of the windows changed since they were last written
-        # to the view (at each checkpoint through the view's before_take, else after
-        # each batch); and the key ids whose window the view holds, so that a window
-        # that opens and closes between two checkpoints leaves no tombstone.
-        self._accs: dict[int, dict[Any, Any]] = {}
-        self._touched: dict[int, dict[Any, Any]] = {}
-        self._stored: dict[int, set[Any]] = {}
+        # tumbling, hopping, by window start, {key id: accumulator} of the windows
+        # changed since the view last got them (it gets them at each checkpoint,
+        # through its before_take, else after each batch), and of the windows the
+        # view holds, as it holds them (newer in _changed when changed since). An
+        # open window is in one or both; one record costs a lookup and a store, and
+        # a window that opens and closes between two checkpoints leaves no tombstone.
+        self._changed: dict[int, dict[Any, Any]] = {}
+        self._written: dict[int, dict[Any, Any]] = {}
         self._deferred = False
 
     # -- lifecycle -------------------------------------------------------
@@ -127,21 +131,22 @@ class WindowedAggregate:
         self._ctx = ctx
         self._view = view = ctx.state(self.store)
         self._open, self._ends, self._sessions = {}, [], {}
-        self._accs, self._touched, self._stored = {}, {}, {}
+        self._changed, self._written = {}, {}
         register = getattr(view, "before_take", None)
         self._deferred = callable(register)
         if callable(register):
             # The accumulators reach the view once per checkpoint, not once per batch.
-            register(self._write_touched)
+            register(self._write_changed)
         self.watermark = self._saved_watermark = view.get(_WATERMARK_KEY, _NO_WATERMARK)
         for skey, value in view.items():
             tag = skey[0]
             if tag == "w":
                 key, start = skey[1], skey[2]
                 kid = key_id(key)
-                self._accs.setdefault(start, {})[kid] = value
-                self._stored.setdefault(start, set()).add(kid)
-                self._index_aligned(start + self.window.size_ms, key)
+                self._written.setdefault(start, {})[kid] = value
+                packed = self._index_aligned(start + self.window.size_ms)
+                if kid is not key:
+                    packed[kid] = key
             elif tag == "s":
                 self._index(skey[1], skey[2], value[0])
                 self._sessions.setdefault(_pack(skey[1]), []).append([skey[2], value[0]])
@@ -166,7 +171,7 @@ class WindowedAggregate:
         else:
             self._process_aligned(items, out)
             if not self._deferred:
-                self._write_touched()
+                self._write_changed()
         self._save_watermark()
         return out
 
@@ -181,7 +186,16 @@ class WindowedAggregate:
 
     def finish(self) -> list[Item]:
         """Close every open window (end of a bounded run); later records for them are late."""
-        open_ends = [end for end, windows in self._open.items() if windows]
+        if self.window.kind in ("tumbling", "hopping"):
+            size = self.window.size_ms
+            open_ends = [
+                start + size
+                for by_start in (self._changed, self._written)
+                for start, windows in by_start.items()
+                if windows
+            ]
+        else:
+            open_ends = [end for end, windows in self._open.items() if windows]
         if not open_ends:
             return []
         last_end = max(open_ends)
@@ -191,8 +205,9 @@ class WindowedAggregate:
     # -- per kind --------------------------------------------------------
 
     def _process_aligned(self, items: list[Item], out: list[Item]) -> None:
-        # The accumulators live in self._accs; the view gets each changed window
-        # once per checkpoint (_write_touched), so a record costs dict operations only.
+        # The accumulators live in self._changed and self._written; the view gets
+        # each changed window once per checkpoint (_write_changed), so a record
+        # costs dict operations only.
         if self.window.step_ms == self.window.size_ms:
             self._process_tumbling(items, out)
             return
@@ -200,7 +215,7 @@ class WindowedAggregate:
         grace = self.grace_ms
         deadline_shift = size + grace
         ends = self._ends
-        accs, touched = self._accs, self._touched
+        changed, written = self._changed, self._written
         starts = self.window.starts
         wm = self.watermark
         for item in items:
@@ -216,15 +231,18 @@ class WindowedAggregate:
                 if start + deadline_shift <= wm:
                     late = True
                     continue
-                window_accs = accs.setdefault(start, {})
+                window_accs = changed.setdefault(start, {})
                 acc = window_accs.get(kid, _MISSING)
+                if acc is _MISSING and start in written:
+                    acc = written[start].get(kid, _MISSING)
                 if acc is _MISSING:
                     acc = value if initial is None else fold(initial(), value)
-                    self._index_aligned(start + size, key)
+                    packed = self._index_aligned(start + size)
+                    if kid is not key:
+                        packed[kid] = key
                 else:
                     acc = fold(acc, value)
                 window_accs[kid] = acc
-                touched.setdefault(start, {})[kid] = key
             if late:
                 self._late(item)
 
@@ -236,7 +254,7 @@ class WindowedAggregate:
         grace = self.grace_ms
         deadline_shift = size + grace
         ends = self._ends
-        accs, touched = self._accs, self._touched
+        changed, written = self._changed, self._written
         wm = self.watermark
         # Windows close when the watermark reaches first end + grace: one comparison
         # per record instead of reading the heap.
@@ -244,8 +262,8 @@ class WindowedAggregate:
         current: Any = None  # the start whose dicts are bound below
         deadline = 0
         window_accs: dict[Any, Any] = {}
-        changed: dict[Any, Any] = {}
-        index: dict[Any, Any] = {}
+        window_written: dict[Any, Any] | None = None
+        packed: dict[Any, Any] = {}
         try:
             for item in items:
                 key, value, ts = item
@@ -263,42 +281,46 @@ class WindowedAggregate:
                         continue  # the current start's dicts stay bound
                     current = start
                     deadline = start + deadline_shift
-                    found = accs.get(start)
+                    found = changed.get(start)
                     if found is None:
-                        found = accs[start] = {}
+                        found = changed[start] = {}
                         close_at = min(close_at, deadline)
                     window_accs = found
-                    changed = touched.setdefault(start, {})
-                    index = self._index_aligned(start + size)
+                    window_written = written.get(start)
+                    packed = self._index_aligned(start + size)
                 elif deadline <= wm:
                     self._late(item)
                     continue
                 kind = type(key)
                 kid = key if kind is str or kind is int else _pack(key)
                 acc = window_accs.get(kid, _MISSING)
+                if acc is _MISSING and window_written:
+                    acc = window_written.get(kid, _MISSING)
                 if acc is _MISSING:
                     acc = value if initial is None else fold(initial(), value)
-                    index[kid if type(kid) is bytes else _pack(key)] = key
+                    if kid is not key:
+                        packed[kid] = key
                 else:
                     acc = fold(acc, value)
                 window_accs[kid] = acc
-                changed[kid] = key
         finally:
             self.watermark = wm
 
-    def _write_touched(self) -> None:
-        view, accs, stored = self._state(), self._accs, self._stored
-        put = view.put
-        for start, changed in self._touched.items():
-            window_accs = accs[start]
-            for kid, key in changed.items():
-                put(("w", key, start), window_accs[kid])
-            held = stored.get(start)
-            if held is None:
-                stored[start] = set(changed)
+    def _write_changed(self) -> None:
+        # Called between batches (never while _process_tumbling holds a start's dicts).
+        put, size, written = self._state().put, self.window.size_ms, self._written
+        for start, window_accs in list(self._changed.items()):
+            if not window_accs:
+                continue
+            packed = self._open[start + size]
+            for kid, acc in window_accs.items():
+                put(("w", packed[kid] if type(kid) is bytes else kid, start), acc)
+            window_written = written.get(start)
+            if window_written:
+                window_written.update(window_accs)
+                window_accs.clear()
             else:
-                held.update(changed)
-        self._touched = {}
+                written[start], self._changed[start] = window_accs, {}
 
     def _process_sessions(self, items: list[Item], out: list[Item]) -> None:
         view, gap, grace = self._state(), self.window.size_ms, self.grace_ms
@@ -361,13 +383,13 @@ class WindowedAggregate:
         while ends and ends[0] <= limit:
             end = heapq.heappop(ends)
             windows = self._open.pop(end, None)
+            if aligned:
+                self._close_aligned(end, windows or {}, out)
+                continue
             if not windows:
                 continue
             # Sorted by (start, packed key): the dict keys are unique, so the
             # comparison never reaches the key objects.
-            if aligned:
-                self._close_aligned(sorted(windows.items()), end - self.window.size_ms, out)
-                continue
             for (start, kb), key in sorted(windows.items()):
                 result = self._close(key, kb, start, end)
                 out.append((key, result, end - 1))
@@ -392,20 +414,21 @@ class WindowedAggregate:
                 view.delete(("b", key))
         self._to_prune = {}
 
-    def _close_aligned(self, windows: list[tuple[bytes, Any]], start: int, out: list[Item]) -> None:
+    def _close_aligned(self, end: int, packed: dict[bytes, Any], out: list[Item]) -> None:
         # Every window of a sweep's end has the same start: its dicts go at once.
+        # *packed* holds the keys behind the key ids that are msgpack bytes.
         view = self._state()
-        accs = self._accs.pop(start, {})
-        # A changed window's newest value need not reach the view: it closes now.
-        self._touched.pop(start, None)
-        stored = self._stored.pop(start, ())
+        start = end - self.window.size_ms
+        accs = self._changed.pop(start, {})
+        written = self._written.pop(start, None) or {}
+        if written:
+            # A changed window's newest value need not reach the view: it closes now.
+            accs = {**written, **accs}
         delete, append = view.delete, out.append
-        end = start + self.window.size_ms
         last = end - 1
-        for kb, key in windows:
-            kind = type(key)
-            kid = key if kind is str or kind is int else kb
-            if kid in stored:
+        for kid in _sorted_as_packed(list(accs)):
+            key = packed[kid] if type(kid) is bytes else kid
+            if kid in written:
                 delete(("w", key, start))
             append((key, WindowResult(key, start, end, accs[kid]), last))
 
@@ -462,17 +485,50 @@ class WindowedAggregate:
             heapq.heappush(self._ends, end)
         windows[(start, _pack(key) if kb is None else kb)] = key
 
-    def _index_aligned(self, end: int, key: Any = _MISSING) -> dict[Any, Any]:
-        """Index *key*'s window ending at *end* (no key: just the end); return the end's dict."""
-        windows = self._open.get(end)
-        if windows is None:
-            windows = self._open[end] = {}
+    def _index_aligned(self, end: int) -> dict[Any, Any]:
+        """Index *end* (once) for closing; return its dict for the keys of packed key ids."""
+        packed = self._open.get(end)
+        if packed is None:
+            packed = self._open[end] = {}
             heapq.heappush(self._ends, end)
-        if key is not _MISSING:
-            windows[_pack(key)] = key
-        return windows
+        return packed
 
     def _unindex(self, kb: bytes, start: int, end: int) -> None:
         windows = self._open.get(end)
         if windows is not None:
             windows.pop((start, kb), None)
+
+
+def _sorted_as_packed(ids: list[Any]) -> list[Any]:
+    """Sort key ids (see ``key_id``) in place as their keys' msgpack bytes sort; return them.
+
+    The bytes of non-negative ints sort as the numbers do (each longer form has
+    a larger type byte, and the number follows big-endian), and those of ASCII
+    strs by length, then text (the header holds the length). Other ids are
+    sorted by their keys' bytes, so any mix of keys gets the same order.
+
+    >>> _sorted_as_packed([300, 7, 1 << 40, 128])
+    [7, 128, 300, 1099511627776]
+    >>> _sorted_as_packed(["bb", "c", "ab"])
+    ['c', 'ab', 'bb']
+    >>> _sorted_as_packed([-1, 0, "a"]) == sorted([-1, 0, "a"], key=_pack)
+    True
+    """
+    if not ids:
+        return ids
+    kinds = set(map(type, ids))
+    if kinds == {int}:
+        ids.sort()
+        if ids[0] >= 0 and ids[-1] <= _UINT64_MAX:
+            return ids
+    elif kinds == {str} and "".join(ids).isascii():
+        ids.sort()
+        ids.sort(key=len)  # stable: by length, then text
+        return ids
+    ids.sort(key=_packed_form)
+    return ids
+
+
+def _packed_form(kid: Any) -> bytes:
+    """Return the msgpack bytes of the key behind a key id."""
+    return kid if type(kid) is bytes else _pack(kid)

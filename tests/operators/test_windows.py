@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import dataclasses
+import pickle
 from typing import TYPE_CHECKING, Any
 
+import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -10,6 +13,7 @@ from streamflow.operators.windows import (
     WindowedAggregate,
     WindowResult,
     WindowSpec,
+    _sorted_as_packed,
     hopping,
     session,
     sliding,
@@ -56,6 +60,22 @@ def test_window_specs_convert_seconds_to_ms() -> None:
     assert hopping(60, 10) == hopping(size_ms=60_000, step_ms=10_000)
     assert sliding(0.5).size_ms == 500
     assert session(gap_seconds=30).size_ms == 30_000
+
+
+def test_window_result_is_a_frozen_value() -> None:
+    result = WindowResult("u1", 0, 60_000, (2, 9.5))
+    assert result == WindowResult(key="u1", start=0, end=60_000, value=(2, 9.5))
+    assert hash(result) == hash(WindowResult("u1", 0, 60_000, (2, 9.5)))
+    assert result != WindowResult("u1", 0, 60_000, (2, 9.0))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.value = 1  # type: ignore[misc]
+    assert dataclasses.replace(result, end=1).end == 1
+    assert pickle.loads(pickle.dumps(result)) == result
+    match result:
+        case WindowResult(key, start, end, value):
+            assert (key, start, end, value) == ("u1", 0, 60_000, (2, 9.5))
+        case _:
+            pytest.fail("WindowResult takes four positional fields in a match")
 
 
 @pytest.mark.parametrize(
@@ -365,3 +385,149 @@ def test_late_record_between_two_of_an_open_window_does_not_make_the_next_late(
     assert out == [("a", 10, 20, [1, 3])]
     assert late == [("a", 2, 0)]
     ctx.close()
+
+
+@pytest.mark.parametrize("window", [tumbling(ms=10), hopping(size_ms=10, step_ms=5)])
+def test_window_keeps_folding_after_each_checkpoint(tmp_path: Path, window: WindowSpec) -> None:
+    ctx = LocalContext(tmp_path / "state", ["w"])
+    op = collect(window)
+    op.open(ctx)
+    assert op.process([("a", 1, 1), (("t", 1), 2, 2)]) == []
+    ctx.commit()
+    assert op.process([("a", 3, 3), (("t", 1), 4, 4)]) == []
+    ctx.commit()
+    out = results(op.process([("a", 5, 5)]) + op.finish())
+    # msgpack puts a 2-array (0x92) before a 1-char str (0xa1)
+    whole = [(("t", 1), 0, 10, [2, 4]), ("a", 0, 10, [1, 3, 5])]
+    if window.kind == "hopping":
+        whole = [(("t", 1), -5, 5, [2, 4]), ("a", -5, 5, [1, 3]), *whole, ("a", 5, 15, [5])]
+    assert out == whole
+    ctx.commit()
+    assert ctx.store.count("w") == 1  # only the watermark
+    ctx.close()
+
+
+def packed(key: Any) -> bytes:
+    return msgpack.packb(key, use_bin_type=True)
+
+
+def model_aligned(
+    window: WindowSpec, grace_ms: int, items: Sequence[Item]
+) -> tuple[list[tuple[bytes, int, int, Any]], list[Item]]:
+    """Tumbling and hopping windows by brute force (module docstring of ``windows``)."""
+    size = window.size_ms
+    accs: dict[tuple[int, bytes], list[Any]] = {}
+    out: list[tuple[bytes, int, int, Any]] = []
+    late: list[Item] = []
+    wm: int | None = None
+
+    def close(limit: int) -> None:
+        # Results come in (end, start, msgpack bytes of the key) order.
+        for start, kb in sorted(w for w in accs if w[0] + size <= limit):
+            out.append((kb, start, start + size, accs.pop((start, kb))))
+
+    for key, value, ts in items:
+        if wm is None or ts > wm:
+            wm = ts
+            close(wm - grace_ms)
+        missed = False
+        for start in range(ts - ts % window.step_ms, ts - size, -window.step_ms):
+            if start + size + grace_ms <= wm:
+                missed = True
+            else:
+                accs.setdefault((start, packed(key)), []).append(value)
+        if missed:
+            late.append((key, value, ts))
+    if accs:
+        close(max(start for start, _ in accs) + size)
+    return out, late
+
+
+window_keys = st.one_of(
+    st.lists(st.integers(0, 300) | st.just((1 << 64) - 1), min_size=1, max_size=5),
+    st.lists(st.integers(-(1 << 63), (1 << 64) - 1), min_size=1, max_size=5),
+    st.lists(
+        st.text("ab", max_size=3) | st.text("ab", min_size=30, max_size=34), min_size=1, max_size=5
+    ),
+    st.lists(st.text("aé\U0001f600", max_size=3), min_size=1, max_size=5),
+    st.lists(
+        st.none()
+        | st.booleans()
+        | st.integers(-40, 40)
+        | st.text("ab", max_size=2)
+        | st.binary(max_size=2)
+        | st.tuples(st.integers(0, 2)),
+        min_size=1,
+        max_size=6,
+    ),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    data=st.data(),
+    keys=window_keys,
+    hopping_window=st.booleans(),
+    grace_ms=st.integers(0, 12),
+    cuts=st.lists(st.integers(0, 60), max_size=8),
+)
+def test_aligned_windows_match_a_brute_force_model_across_checkpoints_and_restarts(
+    tmp_path_factory: pytest.TempPathFactory,
+    data: st.DataObject,
+    keys: list[Any],
+    hopping_window: bool,
+    grace_ms: int,
+    cuts: list[int],
+) -> None:
+    items = data.draw(
+        st.lists(
+            st.tuples(st.sampled_from(keys), st.integers(0, 99), st.integers(0, 60)),
+            max_size=60,
+        )
+    )
+    window = hopping(size_ms=10, step_ms=4) if hopping_window else tumbling(ms=10)
+    want, want_late = model_aligned(window, grace_ms, items)
+    # Each cut is a checkpoint; every other one is also a restart from the store.
+    path = tmp_path_factory.mktemp("aligned") / "state"
+    bounds = sorted({0, len(items), *(c for c in cuts if c < len(items))})
+    ctx = LocalContext(path, ["w"])
+    op = collect(window, grace_ms)
+    op.open(ctx)
+    out: list[Item] = []
+    late: list[Item] = []
+    for n, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False)):
+        out += op.process(items[a:b])
+        ctx.commit()
+        if n % 2:
+            late += [item for _, item in ctx.late_items]
+            ctx.close()
+            ctx = LocalContext(path, ["w"])
+            op = collect(window, grace_ms)
+            op.open(ctx)
+    out += op.finish()
+    late += [item for _, item in ctx.late_items]
+    ctx.commit()
+    assert ctx.store.count("w") == (1 if items else 0)  # only the watermark is left
+    ctx.close()
+    assert [(packed(k), s, e, v) for k, s, e, v in results(out)] == want
+    assert late == want_late
+
+
+key_ids = (
+    st.integers(0, (1 << 64) - 1),
+    st.integers(-(1 << 63), (1 << 64) - 1),
+    st.text("ab", max_size=3) | st.text("ab", min_size=30, max_size=300),
+    st.text(st.characters(blacklist_categories=["Cs"]), max_size=3),
+    st.builds(packed, st.floats(allow_nan=False) | st.tuples(st.integers(-5, 300))),
+)
+
+
+@given(
+    ids=st.one_of(
+        *(st.lists(kind, unique=True) for kind in key_ids),
+        st.lists(st.one_of(*key_ids), unique=True),
+    )
+)
+def test_key_ids_sort_as_their_keys_msgpack_bytes(ids: list[Any]) -> None:
+    want = sorted(ids, key=lambda kid: kid if type(kid) is bytes else packed(kid))
+    assert _sorted_as_packed(ids) == want
