@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .cache import UNSEEN, KeyCache, key_id
+from .cache import KeyCache, key_id
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -59,21 +59,25 @@ class Aggregate:
         if cache is None:
             raise RuntimeError(f"{self.name}: open(ctx) must be called before process()")
         initial, fold = self._initial, self._fold
-        accs, changed, load = cache.values, cache.changed, cache.load
+        entries, mark, load = cache.entries, cache.dirty.append, cache.load
         out: list[Item] = []
         append = out.append
         try:
             for key, value, ts in items:
                 kid = key if type(key) is str else key_id(key)
-                acc = accs.get(kid, UNSEEN)
-                if acc is UNSEEN:
-                    acc = load(kid, key)
+                entry = entries.get(kid)
+                if entry is None:
+                    entry = load(kid, key)
+                acc = entry.value
                 if acc is None:
                     acc = value if initial is None else fold(initial(), value)
                 else:
                     acc = fold(acc, value)
-                accs[kid] = acc
-                changed[kid] = key
+                # KeyCache.put, inlined
+                entry.value = acc
+                if not entry.dirty:
+                    entry.dirty = True
+                    mark(entry)
                 append((key, acc, ts))
         finally:
             cache.after_batch()

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgpack
 
-from .cache import UNSEEN, KeyCache, key_id
+from .cache import KeyCache, key_id
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -57,33 +57,41 @@ def _state_key(key: Any) -> tuple[str, Any]:
 class KeyState:
     """The state of the key being processed (``ctx.state``).
 
-    Values live in the operator's ``KeyCache`` by key id and reach the store
-    once per checkpoint, so a record costs dict operations rather than a
-    msgpack encoding per call. The operator sets ``_kid`` and ``_key`` before
-    each call of ``fn`` or ``on_timer``.
+    Values live in the operator's ``KeyCache``, one ``Entry`` per key, and
+    reach the store once per checkpoint, so a record costs a dict lookup
+    rather than a msgpack encoding per call. The operator sets ``_kid`` and
+    ``_key`` before each call of ``fn`` or ``on_timer``.
     """
 
-    __slots__ = ("_cache", "_changed", "_key", "_kid", "_values")
+    __slots__ = ("_cache", "_dirty", "_entries", "_key", "_kid")
 
     def __init__(self, cache: KeyCache) -> None:
         self._cache = cache
-        self._values = cache.values
-        self._changed = cache.changed
+        self._entries = cache.entries
+        self._dirty = cache.dirty
         self._kid: Any = None
         self._key: Any = None
 
     def get(self, default: Any = None) -> Any:
         """Return the current key's value, or *default*."""
-        value = self._values.get(self._kid, UNSEEN)
-        if value is UNSEEN:
-            value = self._cache.load(self._kid, self._key)
+        try:
+            value = self._entries[self._kid].value
+        except KeyError:
+            value = self._cache.load(self._kid, self._key).value
         return default if value is None else value
 
     def set(self, value: Any) -> None:
         """Store *value* for the current key (``None`` deletes it)."""
-        kid = self._kid
-        self._values[kid] = value
-        self._changed[kid] = self._key
+        # KeyCache.put, inlined for a key the cache holds.
+        try:
+            entry = self._entries[self._kid]
+        except KeyError:
+            self._cache.put(self._kid, self._key, value)
+            return
+        entry.value = value
+        if not entry.dirty:
+            entry.dirty = True
+            self._dirty.append(entry)
 
     def delete(self) -> None:
         """Remove the current key's value."""

@@ -4,7 +4,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from streamflow.operators.cache import UNSEEN, KeyCache
+from streamflow.operators.cache import KeyCache
 from streamflow.operators.process import Process, ProcessContext
 from tests.state.harness import LocalContext, run_batches
 
@@ -234,16 +234,31 @@ def test_cache_over_its_limit_keeps_every_value(tmp_path: Path) -> None:
     view = ctx.views["n"]
     cache = KeyCache(view, lambda key: key, max_keys=3)
     for kid in range(10):
-        cache.values[kid] = kid * 10
-        cache.changed[kid] = kid
+        cache.put(kid, kid, kid * 10)
         cache.after_batch()
-    assert len(cache.values) <= 4
+    assert len(cache.entries) <= 4
 
     def read(kid: int) -> Any:
-        value = cache.values.get(kid, UNSEEN)
-        return cache.load(kid, kid) if value is UNSEEN else value
+        entry = cache.entries.get(kid)
+        return (cache.load(kid, kid) if entry is None else entry).value
 
     assert [read(kid) for kid in range(10)] == [kid * 10 for kid in range(10)]
     cache.write()
     assert [view.get(kid) for kid in range(10)] == [kid * 10 for kid in range(10)]
+    ctx.close()
+
+
+def test_a_key_changed_after_a_checkpoint_reaches_the_next_one(tmp_path: Path) -> None:
+    ctx = LocalContext(tmp_path / "s", ["n"])
+    op = Process("p", "n", count_fn)
+    op.open(ctx)
+    op.process([("a", 1, 0), ("b", 1, 0)])
+    ctx.commit()
+    op.process([("a", 1, 0), ("a", 1, 0)])
+    changes = ctx.views["n"].take_changes()
+    assert dict(zip(map(repr, changes.keys), changes.values, strict=True)) == {"('k', 'a')": 3}
+    ctx.store.write({"n": changes.encoded})
+    op.process([("b", 1, 0)])
+    changes = ctx.views["n"].take_changes()
+    assert dict(zip(map(repr, changes.keys), changes.values, strict=True)) == {"('k', 'b')": 2}
     ctx.close()
