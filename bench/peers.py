@@ -25,7 +25,9 @@ Options: ``--exactly-once`` runs W2 at-least-once and under
 ``processing="exactly_once"`` in alternating pairs, one pair per repetition (the
 overhead is the median of the paired time ratios), ``--two-stage`` adds W1 behind
 ``key_by``, ``--scaling`` adds W1 and W2 over 2 partitions with 1 and 2 worker
-processes sharing a broker, ``--no-peers`` leaves the peers out, ``--json PATH`` saves
+processes sharing a broker, ``--w3-parts`` adds W3 with its state in a plain dict and
+with a function that does nothing (what W3's time is made of), ``--no-peers`` leaves the
+peers out, ``--json PATH`` saves
 every row. Besides the events/s table, a second table divides by the CPU seconds each
 system used, which other load on a shared machine inflates much less than wall time.
 """
@@ -92,7 +94,9 @@ def build(W: Any, workload: str) -> Any:
 
     ``W1``, ``W2``, ``W3``; ``W1-2stage`` is W1 behind ``key_by``; ``W2-grace`` is W2
     with windows kept open for ``SCALING_GRACE_MS`` (for inputs of several
-    partitions, whose tasks advance in event time at their own pace).
+    partitions, whose tasks advance in event time at their own pace);
+    ``W3-dict`` and ``W3-noop`` are W3 with its state in a plain dict, and with
+    a function that does nothing (``--w3-parts``: what W3's time is made of).
     """
     from streamflow import Pipeline, windows
 
@@ -114,6 +118,20 @@ def build(W: Any, workload: str) -> Any:
         )
         return p
     step = W.w3_step
+    if workload == "W3-noop":  # the framework's own cost: a process function doing nothing
+        s.process("w3", lambda ctx, key, value: None).sink(SINK)
+        return p
+    if workload == "W3-dict":  # w3_step on a plain dict: no state handle, nothing durable
+        trails: dict[Any, Any] = {}
+
+        def in_memory(ctx: Any, key: Any, value: Any) -> None:
+            state, alerts = step(trails.get(key), value)
+            trails[key] = state
+            for alert in alerts:
+                ctx.emit(alert)
+
+        s.process("w3", in_memory).sink(SINK)
+        return p
 
     def fraud(ctx: Any, key: Any, value: Any) -> None:
         state = ctx.state.get()
@@ -187,6 +205,8 @@ def check(W: Any, workload: str, values: list[Any], ref: dict[str, Any]) -> dict
         result["ok"] = result["ok"] and ends_ok
         result["outputs"] = result["windows"]
         return result
+    if workload == "W3-noop":
+        return {"ok": not values, "outputs": len(values)}
     alerts = [tuple(v) for v in values]
     return {
         "ok": len(alerts) == ref["w3_alerts"] and W.alerts_digest(alerts) == ref["w3_digest"],
@@ -619,6 +639,12 @@ def report(bench: Bench, workloads: list[str]) -> dict[str, float]:
                 f"  {'ok ' if ok else 'MISS'} {r['name']}: peak RSS {r['peak_rss_mib']:.0f} MiB "
                 f"< 500 (mid-run {r['rss_mid_mib']:.0f}, end {r['rss_end_mib']:.0f})"
             )
+    bytewax = by.get("W3 bytewax")
+    for part in ("W3-dict", "W3-noop"):
+        got = by.get(f"{part} streamflow")
+        if got and bytewax:
+            ratios[f"{part} vs bytewax"] = got / bytewax
+            print(f"  info {part}: {got:,.0f} events/s = {got / bytewax:.2f} x Bytewax W3")
     for w in ("W1", "W2"):
         if f"{w} 2 processes vs 1" in ratios:
             got = ratios[f"{w} 2 processes vs 1"]
@@ -637,6 +663,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--exactly-once", action="store_true", help="also W2 exactly-once")
     ap.add_argument("--two-stage", action="store_true", help="also W1 behind key_by")
     ap.add_argument("--scaling", action="store_true", help="also W1, W2 with 1 and 2 processes")
+    ap.add_argument(
+        "--w3-parts", action="store_true", help="also W3 with a plain-dict state and a no-op"
+    )
     ap.add_argument("--no-peers", action="store_true", help="streamflow rows only")
     ap.add_argument("--profile", nargs="?", const="peers-profile.txt", default="")
     ap.add_argument("--json", default=None)
@@ -677,6 +706,9 @@ def main() -> None:
                 bench.streamflow(w)
             if w == "W1" and a.two_stage:
                 bench.streamflow("W1-2stage")
+            if w == "W3" and a.w3_parts:
+                bench.streamflow("W3-dict")
+                bench.streamflow("W3-noop")
         if a.scaling:
             bench.scaling()
         if not a.no_peers:
