@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import trio
 
+from .batch import decode_run
 from .group import GroupCoordinator, validate_group_name
+from .naming import log_path
 from .offsets import OFFSETS_TOPIC, OffsetStore
 from .transport import GroupDescription
 
@@ -137,6 +139,24 @@ class EmbeddedTransport:
         records before its position (``wire.decode_stored``).
         """
         return await self._poll(positions, timeout, self._read_stored, max_bytes)
+
+    def decode_stored(
+        self, topic: str, partition: int, offset: int, runs: list[StoredRun]
+    ) -> list[RecordBatch]:
+        """Check and decode what ``fetch_stored`` read at *offset*, as ``fetch`` returns it.
+
+        Raises:
+            CorruptBatch: a batch fails its checks; it names the segment file
+                and the byte position in it.
+        """
+        directory = self.log.partition(topic, partition).directory
+        label = f"topic {topic!r} partition {partition}"
+        out: list[RecordBatch] = []
+        floor = 0
+        for run in runs:
+            path = log_path(directory, run.segment)
+            floor = decode_run(run.data, path, run.position, offset, floor, label, out)
+        return out
 
     async def _poll(
         self,

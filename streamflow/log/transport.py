@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from .record import Headers, RecordBatch
+    from .segment import StoredRun
 
 TopicPartition = tuple[str, int]
 
@@ -296,5 +297,38 @@ class Transactional(Protocol):
 
         Returns *offset* when nothing is known to follow it but records (or
         nothing at all has been read there).
+        """
+        ...
+
+
+@runtime_checkable
+class StoredReader(Protocol):
+    """A ``Transport`` capability: fetch batches as stored, decode them later.
+
+    Implemented by the embedded log. A reader that fetches ahead on a worker
+    thread takes the bytes there (the disk read and wait run without the GIL)
+    and decodes them on its own thread once it needs them. The decode holds
+    the GIL from start to end, so on the worker thread it would only take
+    turns with the caller's own work, and the two threads' turns cost more
+    than the decode itself.
+    """
+
+    async def fetch_stored(
+        self,
+        positions: dict[TopicPartition, int],
+        *,
+        max_bytes: int = 1 << 20,
+        timeout: float = 0.5,
+    ) -> dict[TopicPartition, list[StoredRun]]:
+        """Read what ``fetch`` would, as the batch bytes stored; nothing is checked yet."""
+        ...
+
+    def decode_stored(
+        self, topic: str, partition: int, offset: int, runs: list[StoredRun]
+    ) -> list[RecordBatch]:
+        """Check and decode *runs*, read at *offset*; return what ``fetch`` would have.
+
+        Raises:
+            CorruptBatch: a batch fails its checks; it names the segment file.
         """
         ...
